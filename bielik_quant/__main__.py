@@ -1,0 +1,3 @@
+from bielik_quant.cli import main
+
+main()

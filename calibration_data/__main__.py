@@ -1,0 +1,5 @@
+import sys
+
+from calibration_data.manifest import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: tokenizers, continued pretraining and SFT of Mistral/Llama-architecture models."""
