@@ -10,9 +10,11 @@ PATTERNS = {
     "URL": re.compile(
         r"(?:https?://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:pl|com|org|net|eu|io|example|test)\b"
     ),
-    "PHONE": re.compile(r"\+48|\b\d{3}[ -]\d{3}[ -]\d{3}\b|\b\d{2} \d{3} \d{2} \d{2}\b"),
+    "PHONE": re.compile(
+        r"\+48|\b\d{3}[ -]\d{3}[ -]\d{3}\b|(?:\(\d{2}\)|\b\d{2})[ -]\d{3}[ -]\d{2}[ -]\d{2}\b"
+    ),
     "LONG_DIGITS": re.compile(r"\d{9,}"),
-    "IBAN": re.compile(r"\bPL ?\d{2}(?: ?\d{4}){6}\b"),
+    "IBAN": re.compile(r"\b(?:PL ?)?\d{2}(?: ?\d{4}){6}\b"),
     "POSTAL_CODE": re.compile(r"\b\d{2}-\d{3}\b"),
     "STREET_NUMBER": re.compile(r"\b(?:ul|al|pl|os)\. ?[A-ZĄĆĘŁŃÓŚŹŻ][\w ]{0,30}? \d+\w?\b"),
 }
