@@ -51,10 +51,6 @@ class Calibration:
     def texts(self) -> list[str]:
         return [document.text for document in self.documents]
 
-    @property
-    def characters(self) -> int:
-        return sum(len(document.text) for document in self.documents)
-
     @cached_property
     def sha256(self) -> str:
         """Hash of the texts in order; artifacts record it so a calibration can be traced."""

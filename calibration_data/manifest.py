@@ -67,23 +67,27 @@ def record_texts(kind: str, record: dict[str, Any]) -> list[str]:
     return [record["text"]]
 
 
+def parse_records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return parse_records(path.read_text("utf-8"))
 
 
 def describe(path: Path) -> dict[str, Any]:
     """Everything the manifest says about one file except its split."""
     relative = path.relative_to(DATA_DIR)
     data = path.read_bytes()
+    text = data.decode("utf-8")
     entry: dict[str, Any] = {"path": relative.as_posix()}
     if relative.parts[0] == "corpus":
         _, domain, language, _ = relative.parts
-        text = data.decode("utf-8")
         entry.update(kind="corpus", language=language, domain=domain, documents=1)
         texts = [text]
     else:
         kind = relative.parts[0]
-        records = read_records(path)
+        records = parse_records(text)  # from the bytes already read for the hash
         languages = Counter(record["language"] for record in records)
         entry.update(
             kind=kind,
