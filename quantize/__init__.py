@@ -1,0 +1,1 @@
+"""Quantization: the format registry, one exporter per format, the importance matrix, artifacts."""
