@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from bielik_quant import __version__
 from bielik_quant.console import console, output, progress
-from calibration_data import BUILTIN, CalibrationError
+from calibration_data import BUILTIN, Calibration, CalibrationError
+
+# Our own rich progress bars replace the tqdm bars transformers draws when loading weights.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     name="bielik-quant",
@@ -110,12 +116,184 @@ def train_tokenizer(
     console.print(f"wrote {out}")
 
 
+def _calibration(text: str, split: str | None) -> Calibration:
+    from calibration_data import load
+
+    return load(text, split=split if text == BUILTIN else None)
+
+
+class _Bars:
+    """Turns `(description, done, total)` progress calls into rich progress bars, one per stage."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        if description not in self.tasks:
+            self.tasks[description] = self.bar.add_task(description, total=total)
+        self.bar.update(self.tasks[description], completed=done, total=total)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],
+    variant: Annotated[
+        list[str],
+        typer.Option(
+            "--variant",
+            "-v",
+            help="Variant to make, e.g. Q4_K_M; repeat for several "
+            "(they share one F16 intermediate and one imatrix). See `bielik-quant info`.",
+        ),
+    ],
+    format_name: Annotated[str, typer.Option("--format", "-f", help="Output format.")] = "gguf",
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Root directory; each variant goes to <out>/<model>-<FORMAT>-<variant>/."
+        ),
+    ] = Path("artifacts"),
+    imatrix: Annotated[
+        str,
+        typer.Option(
+            help="GGUF importance matrix: auto (computed from --calibration), a "
+            "file from `bielik-quant imatrix`, or none."
+        ),
+    ] = "auto",
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help=f"Calibration text: built-in {BUILTIN} (its calib split) or a "
+            ".txt/.jsonl/.parquet file."
+        ),
+    ] = BUILTIN,
+    tensor_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tensor-type",
+            help="GGUF per-tensor override REGEX=TYPE, e.g. 'ffn_down=Q6_K'; repeatable.",
+        ),
+    ] = None,
+    n_ctx: Annotated[int, typer.Option(min=8, help="Calibration window length in tokens.")] = 512,
+    threads: Annotated[int, typer.Option(min=0, help="Quantization threads (0: all cores).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace artifacts that already exist.")] = False,
+) -> None:
+    """Export a checkpoint to a quantized format, one artifact directory per variant."""
+    from quantize.registry import ExportRequest, get_format
+    from quantize.source import ModelSource
+
+    fmt = get_format(format_name)
+    fmt.check()
+    source = ModelSource.open(model)
+    use_imatrix = imatrix.lower() != "none"
+    request = ExportRequest(
+        source=source,
+        out_root=out,
+        variants=tuple(dict.fromkeys(variant)),
+        calibration=_calibration(calibration, "calib") if use_imatrix else None,
+        overwrite=overwrite,
+        threads=threads,
+        n_ctx=n_ctx,
+        imatrix=None if not use_imatrix else ("auto" if imatrix == "auto" else Path(imatrix)),
+        tensor_types=tuple(tensor_type or ()),
+    )
+    with progress() as bar:
+        artifacts = fmt.export(request, _Bars(bar))
+    for artifact in artifacts:
+        manifest = artifact.manifest
+        output.print(
+            f"{artifact.path}  {manifest['size_bytes'] / 2**20:,.1f} MiB  "
+            f"{manifest['bits_per_weight']:.2f} bpw",
+            highlight=False,
+        )
+
+
+@app.command("imatrix")
+def imatrix_command(
+    model: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],
+    out: Annotated[Path, typer.Option(help="The imatrix file to write (llama.cpp's GGUF layout).")],
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help=f"Calibration text: built-in {BUILTIN} (its calib split) or a "
+            ".txt/.jsonl/.parquet file."
+        ),
+    ] = BUILTIN,
+    n_ctx: Annotated[int, typer.Option(min=8, help="Window length in tokens.")] = 512,
+    max_windows: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many windows.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Compute an importance matrix from the FP16 model on calibration text (like llama-imatrix)."""
+    from quantize.imatrix import compute_imatrix, save_imatrix
+    from quantize.source import ModelSource
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
+    source = ModelSource.open(model)
+    text = _calibration(calibration, "calib")
+    with progress() as bar:
+        report = _Bars(bar)
+        matrix = compute_imatrix(
+            source.path, text.texts, n_ctx=n_ctx, max_windows=max_windows,
+            dataset_name=text.name, on_window=lambda done, total: report("windows", done, total),
+        )  # fmt: skip
+    save_imatrix(matrix, out)
+    output.print(f"{out}  {len(matrix.sums)} tensors, {matrix.chunk_count} windows of {n_ctx}")
+
+
+@app.command()
+def info() -> None:
+    """Formats and variants this installation can export, and what is missing for the rest."""
+    from quantize.registry import format_names, get_format
+
+    table = Table(title="bielik-quant formats")
+    for column in ("Format", "Ready", "Variants", "Install"):
+        table.add_column(column)
+    for name in format_names():
+        fmt = get_format(name)
+        missing = fmt.missing()
+        needs_imatrix = getattr(fmt, "needs_imatrix", lambda variant: False)
+        table.add_row(
+            name,
+            "yes" if not missing else f"no: missing {', '.join(missing)}",
+            " ".join(v + ("*" if needs_imatrix(v) else "") for v in fmt.variants()),
+            escape(f"pip install 'bielik-quant[{fmt.extra}]'"),
+        )
+    output.print(table)
+    output.print("* needs an importance matrix (--imatrix auto or FILE)")
+
+
+@app.command("make-tiny-model")
+def make_tiny_model(
+    out: Annotated[Path, typer.Option(help="Directory to create for the checkpoint.")],
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 160,
+) -> None:
+    """Build the tests' tiny Mistral (tokenizer + briefly trained model) from the corpus."""
+    import tempfile
+
+    from calibration_data import load
+    from training.tiny_model import TinyMistral, build_tiny_mistral
+    from training.tokenizer import train_sentencepiece
+
+    if out.exists():
+        fail(f"{out} already exists; choose another --out or remove it")
+    texts = load(BUILTIN, split="train").texts
+    with tempfile.TemporaryDirectory() as tmp, console.status("training a tiny Mistral"):
+        tokenizer = train_sentencepiece(texts, Path(tmp) / "tokenizer", 4096)
+        build_tiny_mistral(tokenizer, texts, out, TinyMistral(train_steps=steps))
+    output.print(f"{out}")
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user's input is wrong: shown as one line, never a traceback."""
     from bielik_quant.tokenizer_stats import TokenizerLoadError
+    from quantize.errors import QuantizeError
     from training.tokenizer import TokenizerTrainingError
 
-    return (CalibrationError, TokenizerLoadError, TokenizerTrainingError)
+    return (CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError)
 
 
 def fail(message: str) -> NoReturn:

@@ -27,3 +27,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -
 
     out = tmp_path_factory.mktemp("model") / "tiny-mistral"
     return build_tiny_mistral(tiny_tokenizer, load("pl-en", split="train").texts, out)
+
+
+# Every variant the issue names, made in one call so they share one F16 intermediate and imatrix.
+EXPORTED_VARIANTS = (
+    "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M",
+    "Q3_K_S", "Q2_K", "IQ4_XS", "IQ3_XXS", "IQ2_XS", "IQ2_XXS", "IQ1_S",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def gguf_exports(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
+    """`bielik-quant export --format gguf` of every variant, imatrix from the calib split."""
+    from tests.cli import invoke
+
+    out = tmp_path_factory.mktemp("artifacts")
+    args = ["export", str(tiny_model), "--format", "gguf", "--out", str(out), "--n-ctx", "256"]
+    for variant in EXPORTED_VARIANTS:
+        args += ["--variant", variant]
+    result = invoke(*args)
+    assert result.returncode == 0, result.stderr
+    return {variant: out / f"{tiny_model.name}-GGUF-{variant}" for variant in EXPORTED_VARIANTS}

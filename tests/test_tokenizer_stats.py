@@ -1,19 +1,12 @@
 """`bielik-quant tokenizer-stats`, checked against a brute-force count."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import sentencepiece
 
 from calibration_data import load
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bielik_quant", *args], capture_output=True, text=True, timeout=300
-    )
+from tests.cli import run_cli
 
 
 def brute_force(model: Path, language: str) -> dict[str, int]:

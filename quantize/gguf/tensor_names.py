@@ -1,4 +1,4 @@
-"""Hugging Face parameter names → GGUF tensor names, from gguf-py's own table (one source of truth)."""
+"""Hugging Face parameter names → GGUF tensor names, from gguf-py's table (one source of truth)."""
 
 from __future__ import annotations
 

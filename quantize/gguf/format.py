@@ -1,0 +1,264 @@
+"""The GGUF format: convert once to F16, compute one importance matrix, quantize every variant.
+
+For a request with several variants the expensive inputs are shared: one F16 intermediate and one
+imatrix, kept in a hidden work directory under the output root and removed at the end. Each variant
+becomes its own artifact directory, written through `quantize.artifact.staged`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from importlib import util
+from pathlib import Path
+from typing import Any
+
+from quantize.artifact import (
+    MANIFEST,
+    MODEL_CARD,
+    Artifact,
+    artifact_name,
+    check_writable,
+    command_line,
+    library_versions,
+    now,
+    staged,
+    write_json,
+)
+from quantize.errors import ImatrixError, MissingDependencyError, QuantizeError
+from quantize.gguf.llama_quantize import (
+    FTYPE_NAMES,
+    TensorTypeOverride,
+    ftype,
+    quantize_gguf,
+    requires_imatrix,
+)
+from quantize.model_card import render_model_card, source_license
+from quantize.registry import ExportRequest, Progress
+
+UNQUANTIZED = ("F32", "F16", "BF16")  # written by our converter directly
+IMATRIX_FILE = "imatrix.gguf"
+
+
+class GGUF:
+    name = "gguf"
+    extra = "gguf"
+
+    def variants(self) -> Sequence[str]:
+        return FTYPE_NAMES
+
+    def needs_imatrix(self, variant: str) -> bool:
+        return requires_imatrix(variant)
+
+    def missing(self) -> list[str]:
+        return [m for m in ("gguf", "llama_cpp", "torch", "safetensors") if not util.find_spec(m)]
+
+    def check(self) -> None:
+        if missing := self.missing():
+            raise MissingDependencyError(
+                f"GGUF export needs {', '.join(missing)}: pip install 'bielik-quant[gguf]' "
+                "(llama-cpp-python compiles llama.cpp, ~10 minutes)"
+            )
+
+    def open(self, artifact: Path) -> Any:
+        from quantize.gguf.runner import GGUFRunner
+
+        files = sorted(p for p in artifact.glob("*.gguf") if p.name != IMATRIX_FILE)
+        if len(files) != 1:
+            raise QuantizeError(
+                f"{artifact} should hold exactly one model .gguf, found {len(files)}"
+            )
+        return GGUFRunner(files[0])
+
+    def export(self, request: ExportRequest, progress: Progress | None = None) -> list[Artifact]:
+        self.check()
+        started_at = now()
+        source = request.source
+        for variant in request.variants:
+            ftype(variant)  # unknown names fail here, before any work
+        overrides = [TensorTypeOverride.parse(text) for text in request.tensor_types]
+        finals = {
+            v: request.out_root / artifact_name(source.name, self.name, v) for v in request.variants
+        }
+        for final in finals.values():
+            check_writable(final, request.overwrite)
+        quantized = [v for v in request.variants if v not in UNQUANTIZED]
+        imatrix = self._imatrix_choice(request, quantized, overrides)
+
+        work = request.out_root / f".{source.name}-GGUF.work"
+        shutil.rmtree(work, ignore_errors=True)  # left behind by a killed export
+        work.mkdir(parents=True)
+        artifacts = []
+        try:
+            matrix = None
+            if imatrix is not None and quantized:
+                matrix = self._imatrix(request, imatrix, work, progress)
+            intermediate = None
+            # Unquantized variants first: a requested F16 artifact doubles as the intermediate.
+            for variant in sorted(request.variants, key=lambda v: v not in UNQUANTIZED):
+                with staged(finals[variant], request.overwrite) as stage:
+                    model_file = stage / f"{finals[variant].name}.gguf"
+                    if variant in UNQUANTIZED:
+                        self._convert(source, model_file, variant, progress)
+                        used = None
+                    else:
+                        if intermediate is None:
+                            intermediate = self._convert(source, work / "F16.gguf", "F16", progress)
+                        self._quantize(
+                            intermediate, model_file, variant, matrix, overrides, request, progress
+                        )
+                        used = matrix
+                        if used is not None:
+                            shutil.copy2(work / IMATRIX_FILE, stage / IMATRIX_FILE)
+                    manifest = self._manifest(request, variant, model_file, used, overrides)
+                    manifest["started_at"] = started_at
+                    usage = f"llama-cli -m {model_file.name} -cnv"
+                    license_id = source_license(source.path)
+                    card = render_model_card(manifest, usage, license_id)
+                    (stage / MODEL_CARD).write_text(card, "utf-8")
+                    write_json(stage / MANIFEST, manifest)  # last: its presence means complete
+                artifacts.append(Artifact(finals[variant], manifest))
+                if variant == "F16":
+                    intermediate = finals[variant] / model_file.name
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return artifacts
+
+    def _imatrix_choice(
+        self, request: ExportRequest, quantized: list[str], overrides: list[TensorTypeOverride]
+    ) -> str | Path | None:
+        choice = request.imatrix
+        if choice is None:
+            needing = [v for v in quantized if requires_imatrix(v, overrides)]
+            if needing:
+                raise ImatrixError(
+                    f"{', '.join(needing)} need an importance matrix; use --imatrix auto "
+                    "(computed from the calibration text) or --imatrix FILE"
+                )
+            return None
+        if choice == "auto":
+            if request.calibration is None:
+                raise ImatrixError("--imatrix auto needs calibration text (--calibration)")
+            return "auto"
+        from quantize.imatrix import load_imatrix
+
+        load_imatrix(Path(choice))  # a bad file fails now, not after the conversion
+        return Path(choice)
+
+    def _imatrix(
+        self, request: ExportRequest, choice: str | Path, work: Path, progress: Progress | None
+    ) -> Any:
+        from quantize.imatrix import compute_imatrix, load_imatrix, save_imatrix
+
+        if choice != "auto":
+            matrix = load_imatrix(Path(choice))
+        else:
+            calibration = request.calibration
+            assert calibration is not None
+            matrix = compute_imatrix(
+                request.source.path,
+                calibration.texts,
+                n_ctx=request.n_ctx,
+                dataset_name=calibration.name,
+                on_window=_stage(progress, "importance matrix"),
+            )
+        save_imatrix(matrix, work / IMATRIX_FILE)
+        return matrix
+
+    def _convert(
+        self, source: Any, out_file: Path, out_type: str, progress: Progress | None
+    ) -> Path:
+        from quantize.gguf.convert import convert_to_gguf
+
+        return convert_to_gguf(
+            source, out_file, out_type, _stage(progress, f"convert → {out_type}")
+        )
+
+    def _quantize(
+        self,
+        intermediate: Path,
+        model_file: Path,
+        variant: str,
+        matrix: Any,
+        overrides: list[TensorTypeOverride],
+        request: ExportRequest,
+        progress: Progress | None,
+    ) -> None:
+        quantize_gguf(
+            intermediate,
+            model_file,
+            variant,
+            imatrix=matrix.values() if matrix is not None else None,
+            overrides=overrides,
+            threads=request.threads,
+            on_tensor=_stage(progress, f"quantize → {variant}"),
+        )
+
+    def _manifest(
+        self,
+        request: ExportRequest,
+        variant: str,
+        model_file: Path,
+        matrix: Any,
+        overrides: list[TensorTypeOverride],
+    ) -> dict[str, Any]:
+        import gguf
+
+        reader = gguf.GGUFReader(model_file)
+        n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+        n_weights = sum(int(t.n_elements) for t in reader.tensors)
+        calibration = request.calibration if matrix is not None else None
+        return {
+            "manifest_version": 1,
+            "format": self.name,
+            "variant": variant,
+            "files": {"model": model_file.name, "imatrix": IMATRIX_FILE if matrix else None},
+            "bits_per_weight": round(8 * n_bytes / n_weights, 4),
+            "size_bytes": model_file.stat().st_size,
+            "n_parameters": n_weights,
+            "source": {
+                "name": request.source.name,
+                "path": str(request.source.path.resolve()),
+                "architecture": request.source.architecture,
+                "sha256": request.source.sha256,
+            },
+            "calibration": None
+            if calibration is None
+            else {
+                "name": calibration.name,
+                "sha256": calibration.sha256,
+                "documents": len(calibration.documents),
+            },
+            "imatrix": None
+            if matrix is None
+            else {
+                "sha256": matrix.sha256(),
+                "chunk_count": matrix.chunk_count,
+                "chunk_size": matrix.chunk_size,
+                "datasets": matrix.datasets,
+            },
+            "tensor_type_overrides": [str(o) for o in overrides],
+            "versions": {
+                **library_versions(
+                    "gguf", "llama-cpp-python", "torch", "transformers", "safetensors"
+                ),
+                "llama.cpp": _llama_cpp_build(),
+            },
+            "command": command_line(),
+            "created_at": now(),
+        }
+
+
+def _stage(progress: Progress | None, description: str) -> Any:
+    if progress is None:
+        return None
+    return lambda done, total: progress(description, done, total)
+
+
+def _llama_cpp_build() -> str:
+    """llama.cpp as built into llama-cpp-python: its ggml library version and CPU features."""
+    import llama_cpp
+
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml.so.*.*"))
+    ggml = libs[-1].name.removeprefix("libggml.so.") if libs else "unknown"
+    return f"vendored by llama-cpp-python {llama_cpp.__version__} (ggml {ggml})"

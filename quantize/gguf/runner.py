@@ -1,0 +1,37 @@
+"""Run a GGUF artifact with llama.cpp (llama-cpp-python): logits for evaluation, text for a look."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class GGUFRunner:
+    def __init__(self, model_file: Path, n_ctx: int = 512, threads: int | None = None) -> None:
+        from llama_cpp import Llama
+
+        self.model_file = model_file
+        self.llama = Llama(
+            str(model_file), n_ctx=n_ctx, logits_all=True, n_threads=threads, verbose=False
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llama.n_vocab()
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        if len(tokens) > self.llama.n_ctx():
+            raise ValueError(f"{len(tokens)} tokens exceed the context of {self.llama.n_ctx()}")
+        self.llama.reset()
+        self.llama.eval(list(tokens))
+        return np.array(self.llama.scores[: len(tokens)], dtype=np.float32)
+
+    def generate(self, prompt: str, max_tokens: int) -> str:
+        self.llama.reset()
+        result = self.llama.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
+        return result["choices"][0]["text"]

@@ -1,0 +1,90 @@
+"""The format registry: one name → one exporter object, built in or from an installed plugin.
+
+The CLI, the recipes and the evaluation suite speak only this contract, so adding a format is one
+module plus one registry line (or a `bielik_quant.formats` entry point in another package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from quantize.errors import UnknownFormatError
+
+if TYPE_CHECKING:
+    from calibration_data import Calibration
+    from quantize.artifact import Artifact
+    from quantize.source import ModelSource
+
+ENTRY_POINT_GROUP = "bielik_quant.formats"
+# Built-in formats as "module:attribute", imported only when asked for, so a missing backend
+# library never breaks the others.
+BUILTIN = {"gguf": "quantize.gguf.format:GGUF"}
+
+# (what is being done, done, total): the CLI draws a progress bar from these calls.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `bielik-quant export` asks of a format; fields a format does not use are ignored."""
+
+    source: ModelSource
+    out_root: Path
+    variants: tuple[str, ...]
+    calibration: Calibration | None = None
+    overwrite: bool = False
+    threads: int = 0
+    n_ctx: int = 512
+    imatrix: str | Path | None = "auto"  # GGUF: "auto", a file, or None for no imatrix
+    tensor_types: tuple[str, ...] = ()  # GGUF: REGEX=TYPE overrides
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """(len(tokens), vocab) float32 logits for one sequence."""
+        ...
+
+    def generate(self, prompt: str, max_tokens: int) -> str: ...
+
+
+class Format(Protocol):
+    name: str
+    extra: str  # the pip extra that installs this format's library
+
+    def variants(self) -> Sequence[str]: ...
+
+    def missing(self) -> list[str]:
+        """What this machine lacks to export this format (empty when ready)."""
+        ...
+
+    def check(self) -> None:
+        """Raise MissingDependencyError naming what to install, if anything is missing."""
+        ...
+
+    def export(
+        self, request: ExportRequest, progress: Progress | None = None
+    ) -> list[Artifact]: ...
+
+    def open(self, artifact: Path) -> Runner: ...
+
+
+def format_names() -> list[str]:
+    names = dict.fromkeys(BUILTIN)
+    names.update(dict.fromkeys(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)))
+    return list(names)
+
+
+def get_format(name: str) -> Format:
+    if name in BUILTIN:
+        module, attribute = BUILTIN[name].split(":")
+        return getattr(import_module(module), attribute)()
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return entry_point.load()()
+    raise UnknownFormatError(f"unknown format {name!r}; available: {', '.join(format_names())}")

@@ -1,0 +1,160 @@
+"""A Hugging Face checkpoint as every exporter reads it: checked once, streamed tensor by tensor.
+
+Opening validates everything a conversion would otherwise trip over halfway (config, architecture,
+every safetensors shard's header and size, the tokenizer), so a bad directory fails in one line
+before anything is written. Tensors are read from memory-mapped safetensors one at a time: peak
+memory is a few tensors, not the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantize.errors import ModelSourceError, UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    import torch
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+SINGLE_FILE = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as the safetensors header describes it, before any byte is read."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype name: "BF16", "F16", "F32", ...
+    file: Path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    config: dict[str, Any]
+    tensors: tuple[TensorEntry, ...]
+
+    @classmethod
+    def open(cls, path: Path | str) -> ModelSource:
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelSourceError(
+                f"{path} is not a directory (expected a Hugging Face checkpoint)"
+            )
+        config = _read_config(path)
+        architectures = config.get("architectures") or []
+        if not any(arch in SUPPORTED_ARCHITECTURES for arch in architectures):
+            found = ", ".join(architectures) or f"model_type {config.get('model_type')!r}"
+            raise UnsupportedArchitectureError(
+                f"{path}: architecture {found} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelSourceError(
+                f"{path} has no tokenizer (expected {' or '.join(TOKENIZER_FILES)})"
+            )
+        return cls(path=path, config=config, tensors=tuple(_read_tensor_entries(path)))
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def architecture(self) -> str:
+        return next(a for a in self.config["architectures"] if a in SUPPORTED_ARCHITECTURES)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
+    @property
+    def weight_files(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(entry.file for entry in self.tensors))
+
+    @property
+    def n_parameters(self) -> int:
+        total = 0
+        for entry in self.tensors:
+            count = 1
+            for dim in entry.shape:
+                count *= dim
+            total += count
+        return total
+
+    def read(self) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+        """Yield the tensors in `self.tensors` order, one at a time, from memory-mapped files."""
+        from safetensors import safe_open
+
+        for file in self.weight_files:
+            with safe_open(file, framework="pt") as handle:
+                for entry in self.tensors:
+                    if entry.file == file:
+                        yield entry, handle.get_tensor(entry.name)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash of config.json and the weight files (streamed; a 7B model takes a while)."""
+        digest = hashlib.sha256()
+        for file in (self.path / "config.json", *self.weight_files):
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelSourceError(f"{path} is not a Hugging Face checkpoint: no config.json")
+    try:
+        config = json.loads(config_file.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelSourceError(f"{config_file} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{config_file} does not hold a JSON object")
+    return config
+
+
+def _read_tensor_entries(path: Path) -> Iterator[TensorEntry]:
+    """Headers of every shard, validated by safetensors itself (truncated files fail here)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in _weight_files(path):
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for name in sorted(handle.keys()):
+                    view = handle.get_slice(name)
+                    yield TensorEntry(name, tuple(view.get_shape()), view.get_dtype(), file)
+        except SafetensorError as err:
+            raise ModelSourceError(f"{file} is not a valid safetensors file ({err})") from err
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if (path / SHARD_INDEX).is_file():
+        try:
+            weight_map = json.loads((path / SHARD_INDEX).read_text("utf-8"))["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ModelSourceError(f"{path / SHARD_INDEX} is not a valid shard index") from err
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+        missing = [file.name for file in files if not file.is_file()]
+        if missing:
+            raise ModelSourceError(f"{path}: shards listed in {SHARD_INDEX} are missing: {missing}")
+        return files
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    if any(path.glob("*.bin")) or any(path.glob("*.pth")):
+        raise ModelSourceError(
+            f"{path} holds PyTorch pickles, not safetensors; re-save it with "
+            "`model.save_pretrained(dir)` (safetensors is the default)"
+        )
+    raise ModelSourceError(f"{path} has no {SINGLE_FILE} or {SHARD_INDEX}")
