@@ -23,8 +23,10 @@ def invoke(*args: str) -> Result:
 
     out, err = io.StringIO(), io.StringIO()
     code: int | str | None = 0
-    with redirect_stdout(out), redirect_stderr(err), mock.patch.object(
-        sys, "argv", ["bielik-quant", *args]
+    with (
+        redirect_stdout(out),
+        redirect_stderr(err),
+        mock.patch.object(sys, "argv", ["bielik-quant", *args]),
     ):
         try:
             main()

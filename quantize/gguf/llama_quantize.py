@@ -28,13 +28,13 @@ FTYPE_NAMES = (
 
 # llama.cpp's rule (src/llama-quant.cpp, tensor_requires_imatrix): these target types need an
 # importance matrix for every tensor except the token embeddings and the output matrix, and so does
-# Q2_K inside a Q2_K_S file. Which file types end up using them is decided by llama.cpp's mixes;
-# the test suite checks this table against llama.cpp's own dry run for every file type.
+# Q2_K inside a Q2_K_S file. Which file types end up using them is decided by llama.cpp's mixes
+# (IQ3_XS puts IQ3_XXS on some tensors). This table lets an export refuse before hours of work;
+# llama.cpp still has the last word at quantization time, and a test checks the table against
+# llama.cpp's own dry run for every file type.
 IMATRIX_TYPES = frozenset({"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"})
-FTYPES_REQUIRING_IMATRIX = frozenset({"IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M",
-                                      "IQ1_S", "Q2_K_S"})  # fmt: skip
-# Tensors llama.cpp never asks an importance matrix for.
-NO_IMATRIX_TENSORS = re.compile(r"^(token_embd|output)\.weight$")
+FTYPES_REQUIRING_IMATRIX = frozenset({"IQ3_XS", "IQ3_XXS", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS",
+                                      "IQ2_XXS", "IQ1_M", "IQ1_S"})  # fmt: skip
 
 
 def ftype(name: str) -> int:
