@@ -186,16 +186,18 @@ def export(
     fmt = get_format(format_name)
     fmt.check()
     source = ModelSource.open(model)
-    use_imatrix = imatrix.lower() != "none"
+    imatrix_choice = {"auto": "auto", "none": None}.get(imatrix.lower(), Path(imatrix))
     request = ExportRequest(
         source=source,
         out_root=out,
         variants=tuple(dict.fromkeys(variant)),
-        calibration=_calibration(calibration, "calib") if use_imatrix else None,
+        # The calibration text feeds the imatrix (and later AWQ/GPTQ); a given imatrix file
+        # already carries its own.
+        calibration=_calibration(calibration, "calib") if imatrix_choice == "auto" else None,
         overwrite=overwrite,
         threads=threads,
         n_ctx=n_ctx,
-        imatrix=None if not use_imatrix else ("auto" if imatrix == "auto" else Path(imatrix)),
+        imatrix=imatrix_choice,
         tensor_types=tuple(tensor_type or ()),
     )
     with progress() as bar:

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from quantize.errors import OutputExistsError
+from quantize.errors import OutputExistsError, QuantizeError
 
 MANIFEST = "bielik-quant.json"
 MODEL_CARD = "README.md"
@@ -35,8 +35,6 @@ class Artifact:
 
     @classmethod
     def open(cls, path: Path) -> Artifact:
-        from quantize.errors import QuantizeError
-
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
             raise QuantizeError(f"{path} is not a bielik-quant artifact (no {MANIFEST})")

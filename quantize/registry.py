@@ -7,7 +7,7 @@ module plus one registry line (or a `bielik_quant.formats` entry point in anothe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -43,7 +43,6 @@ class ExportRequest:
     n_ctx: int = 512
     imatrix: str | Path | None = "auto"  # GGUF: "auto", a file, or None for no imatrix
     tensor_types: tuple[str, ...] = ()  # GGUF: REGEX=TYPE overrides
-    options: dict[str, str] = field(default_factory=dict)
 
 
 class Runner(Protocol):

@@ -126,7 +126,8 @@ def test_bad_tensor_type_override(
 
 
 @pytest.mark.parametrize(
-    ("content", "phrase"), [(b"", "no text"), (b"  \n\n", "no text"), (b"Za\xbf\xf3\xb3\xe6", "UTF-8")]
+    ("content", "phrase"),
+    [(b"", "no text"), (b"  \n\n", "no text"), (b"Za\xbf\xf3\xb3\xe6", "UTF-8")],
 )
 def test_bad_calibration_file(
     tiny_model: Path, tmp_path: Path, content: bytes, phrase: str

@@ -26,6 +26,12 @@ OUT_TYPES = {
     "F16": gguf.LlamaFileType.MOSTLY_F16,
     "BF16": gguf.LlamaFileType.MOSTLY_BF16,
 }
+# How `_prepare` hands each GGUF type to the writer (bfloat16 travels as its raw 16 bits).
+NUMPY_DTYPES = {
+    gguf.GGMLQuantizationType.F32: np.dtype(np.float32),
+    gguf.GGMLQuantizationType.F16: np.dtype(np.float16),
+    gguf.GGMLQuantizationType.BF16: np.dtype(np.uint16),
+}
 # Buffers a Hugging Face checkpoint may carry that llama.cpp recomputes itself.
 SKIPPED_TENSORS = ("rotary_emb.inv_freq",)
 
@@ -49,12 +55,10 @@ def convert_to_gguf(
         add_vocab(writer, source.path, hparams["vocab_size"])
         for entry in entries:
             ggml_type = _ggml_type(entry, out_type)
-            numpy_dtype = np.float32 if ggml_type == gguf.GGMLQuantizationType.F32 else np.uint16
-            if ggml_type == gguf.GGMLQuantizationType.F16:
-                numpy_dtype = np.float16
-            nbytes = math.prod(entry.shape) * np.dtype(numpy_dtype).itemsize
+            numpy_dtype = NUMPY_DTYPES[ggml_type]
+            nbytes = math.prod(entry.shape) * numpy_dtype.itemsize
             writer.add_tensor_info(
-                names[entry.name], entry.shape, np.dtype(numpy_dtype), nbytes, raw_dtype=ggml_type
+                names[entry.name], entry.shape, numpy_dtype, nbytes, raw_dtype=ggml_type
             )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -85,6 +85,7 @@ class GGUF:
         quantized = [v for v in request.variants if v not in UNQUANTIZED]
         imatrix = self._imatrix_choice(request, quantized, overrides)
 
+        license_id = source_license(source.path)
         work = request.out_root / f".{source.name}-GGUF.work"
         shutil.rmtree(work, ignore_errors=True)  # left behind by a killed export
         work.mkdir(parents=True)
@@ -113,7 +114,6 @@ class GGUF:
                     manifest = self._manifest(request, variant, model_file, used, overrides)
                     manifest["started_at"] = started_at
                     usage = f"llama-cli -m {model_file.name} -cnv"
-                    license_id = source_license(source.path)
                     card = render_model_card(manifest, usage, license_id)
                     (stage / MODEL_CARD).write_text(card, "utf-8")
                     write_json(stage / MANIFEST, manifest)  # last: its presence means complete
