@@ -94,11 +94,13 @@ class ModelSource:
         """Yield the tensors in `self.tensors` order, one at a time, from memory-mapped files."""
         from safetensors import safe_open
 
-        for file in self.weight_files:
-            with safe_open(file, framework="pt") as handle:
-                for entry in self.tensors:
-                    if entry.file == file:
-                        yield entry, handle.get_tensor(entry.name)
+        # One open per tensor: closing the handle unmaps the shard, so the pages a tensor touched
+        # leave the resident set before the next is read (a shard held open for all its tensors
+        # made peak RSS grow with the shard size).
+        for entry in self.tensors:
+            with safe_open(entry.file, framework="pt") as handle:
+                tensor = handle.get_tensor(entry.name)
+            yield entry, tensor
 
     @cached_property
     def sha256(self) -> str:
