@@ -116,6 +116,15 @@ def train_tokenizer(
     console.print(f"wrote {out}")
 
 
+CalibrationOption = Annotated[
+    str,
+    typer.Option(
+        help=f"Calibration text: built-in {BUILTIN} (its calib split) or a "
+        ".txt/.jsonl/.parquet file."
+    ),
+]
+
+
 def _calibration(text: str, split: str | None) -> Calibration:
     from calibration_data import load
 
@@ -161,13 +170,7 @@ def export(
             "file from `bielik-quant imatrix`, or none."
         ),
     ] = "auto",
-    calibration: Annotated[
-        str,
-        typer.Option(
-            help=f"Calibration text: built-in {BUILTIN} (its calib split) or a "
-            ".txt/.jsonl/.parquet file."
-        ),
-    ] = BUILTIN,
+    calibration: CalibrationOption = BUILTIN,
     tensor_type: Annotated[
         list[str] | None,
         typer.Option(
@@ -215,13 +218,7 @@ def export(
 def imatrix_command(
     model: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],
     out: Annotated[Path, typer.Option(help="The imatrix file to write (llama.cpp's GGUF layout).")],
-    calibration: Annotated[
-        str,
-        typer.Option(
-            help=f"Calibration text: built-in {BUILTIN} (its calib split) or a "
-            ".txt/.jsonl/.parquet file."
-        ),
-    ] = BUILTIN,
+    calibration: CalibrationOption = BUILTIN,
     n_ctx: Annotated[int, typer.Option(min=8, help="Window length in tokens.")] = 512,
     max_windows: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many windows.")
@@ -257,11 +254,10 @@ def info() -> None:
     for name in format_names():
         fmt = get_format(name)
         missing = fmt.missing()
-        needs_imatrix = getattr(fmt, "needs_imatrix", lambda variant: False)
         table.add_row(
             name,
             "yes" if not missing else f"no: missing {', '.join(missing)}",
-            " ".join(v + ("*" if needs_imatrix(v) else "") for v in fmt.variants()),
+            " ".join(v + ("*" if fmt.needs_imatrix(v) else "") for v in fmt.variants()),
             escape(f"pip install 'bielik-quant[{fmt.extra}]'"),
         )
     output.print(table)

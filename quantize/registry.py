@@ -59,6 +59,10 @@ class Format(Protocol):
 
     def variants(self) -> Sequence[str]: ...
 
+    def needs_imatrix(self, variant: str) -> bool:
+        """Whether this variant cannot be made without an importance matrix."""
+        ...
+
     def missing(self) -> list[str]:
         """What this machine lacks to export this format (empty when ready)."""
         ...
