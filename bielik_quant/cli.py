@@ -264,6 +264,83 @@ def info() -> None:
     output.print("* needs an importance matrix (--imatrix auto or FILE)")
 
 
+@app.command("eval")
+def eval_command(
+    reference: Annotated[
+        Path,
+        typer.Option(
+            help="The FP16 model: a Hugging Face checkpoint directory or an F16/BF16 .gguf."
+        ),
+    ],
+    candidate: Annotated[
+        list[Path],
+        typer.Option(
+            help="An artifact directory, a .gguf file or a checkpoint to compare; repeatable."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="results.json to write (for `bielik-quant report`).")],
+    text: Annotated[
+        str,
+        typer.Option(
+            help=f"Evaluation text: built-in {BUILTIN} (its eval split), a .txt file (read "
+            "as-is, like llama-perplexity -f) or .jsonl/.parquet documents."
+        ),
+    ] = BUILTIN,
+    ctx: Annotated[int, typer.Option(min=4, help="Window length in tokens (llama: -c).")] = 512,
+    chunks: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate only the first N windows.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the reference's cached logits live [default: ~/.cache/...]."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """KLD, Δp and PPL of each candidate against the reference, as llama-perplexity computes them.
+
+    The reference runs once and its logits are cached; candidates then run one at a time on the
+    same windows (the second half of each window is scored).
+    """
+    from eval_quant.statistics import format_blocks
+    from eval_quant.suite import Settings, default_cache_dir, load_text, run_suite
+    from quantize.artifact import write_json
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
+    settings = Settings(n_ctx=ctx, chunks=chunks, cache_dir=cache_dir or default_cache_dir())
+
+    def show(row: dict) -> None:
+        output.print(f"\n### {row['name']} ({row['format']} {row['variant']})", highlight=False)
+        output.print(format_blocks(row["statistics"]), highlight=False, markup=False)
+
+    with progress() as bar:
+        results = run_suite(
+            reference, candidate, load_text(text), settings, _Bars(bar), on_candidate=show
+        )
+    write_json(out, results)
+    cache = results["cache"]
+    console.print(
+        f"reference cache {cache['status']}: {cache['path']} ({cache['size_bytes'] / 2**20:.1f} "
+        f"MiB); wrote {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json files from `bielik-quant eval`.")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for report.md, .csv, .html and plots.")],
+) -> None:
+    """The quality report in the layout of the Bielik paper's Table 8 (Markdown, CSV, HTML)."""
+    from eval_quant.report import load_results, write_report
+
+    written = write_report(load_results(results), out)
+    for path in written.values():
+        output.print(str(path), highlight=False)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     out: Annotated[Path, typer.Option(help="Directory to create for the checkpoint.")],
@@ -288,10 +365,11 @@ def make_tiny_model(
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user's input is wrong: shown as one line, never a traceback."""
     from bielik_quant.tokenizer_stats import TokenizerLoadError
+    from eval_quant.errors import EvalError
     from quantize.errors import QuantizeError
     from training.tokenizer import TokenizerTrainingError
 
-    return (CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError)
+    return (CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError, EvalError)
 
 
 def fail(message: str) -> NoReturn:

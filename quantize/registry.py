@@ -30,6 +30,13 @@ BUILTIN = {"gguf": "quantize.gguf.format:GGUF"}
 Progress = Callable[[str, int, int], None]
 
 
+def stage(progress: Progress | None, description: str) -> Callable[[int, int], None] | None:
+    """A `(done, total)` callback for one stage of the work, or None when nobody listens."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(description, done, total)
+
+
 @dataclass(frozen=True)
 class ExportRequest:
     """What `bielik-quant export` asks of a format; fields a format does not use are ignored."""
@@ -46,6 +53,26 @@ class ExportRequest:
 
 
 class Runner(Protocol):
+    """A loaded model as the evaluation suite and `run` use it, whatever the format."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits."""
+        ...
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The token that starts every evaluation window (None: the model uses none)."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, with BOS when the model's tokenizer adds one."""
+        ...
+
+    def token_bytes(self) -> np.ndarray:
+        """(vocab,) UTF-8 bytes each token stands for, 0 for control tokens (bits per byte)."""
+        ...
+
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         """(len(tokens), vocab) float32 logits for one sequence."""
         ...
@@ -75,7 +102,9 @@ class Format(Protocol):
         self, request: ExportRequest, progress: Progress | None = None
     ) -> list[Artifact]: ...
 
-    def open(self, artifact: Path) -> Runner: ...
+    def open(self, artifact: Path, n_ctx: int = 4096) -> Runner:
+        """Load an artifact for sequences of up to `n_ctx` tokens."""
+        ...
 
 
 def format_names() -> list[str]:

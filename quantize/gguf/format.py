@@ -34,7 +34,7 @@ from quantize.gguf.llama_quantize import (
     requires_imatrix,
 )
 from quantize.model_card import render_model_card, source_license
-from quantize.registry import ExportRequest, Progress
+from quantize.registry import ExportRequest, Progress, stage
 
 UNQUANTIZED = ("F32", "F16", "BF16")  # written by our converter directly
 IMATRIX_FILE = "imatrix.gguf"
@@ -60,7 +60,7 @@ class GGUF:
                 "(llama-cpp-python compiles llama.cpp, ~10 minutes)"
             )
 
-    def open(self, artifact: Path) -> Any:
+    def open(self, artifact: Path, n_ctx: int = 4096) -> Any:
         from quantize.gguf.runner import GGUFRunner
 
         files = sorted(p for p in artifact.glob("*.gguf") if p.name != IMATRIX_FILE)
@@ -68,7 +68,7 @@ class GGUF:
             raise QuantizeError(
                 f"{artifact} should hold exactly one model .gguf, found {len(files)}"
             )
-        return GGUFRunner(files[0])
+        return GGUFRunner(files[0], n_ctx=n_ctx)
 
     def export(self, request: ExportRequest, progress: Progress | None = None) -> list[Artifact]:
         self.check()
@@ -160,7 +160,7 @@ class GGUF:
                 calibration.texts,
                 n_ctx=request.n_ctx,
                 dataset_name=calibration.name,
-                on_window=_stage(progress, "importance matrix"),
+                on_window=stage(progress, "importance matrix"),
             )
         save_imatrix(matrix, work / IMATRIX_FILE)
         return matrix
@@ -170,9 +170,7 @@ class GGUF:
     ) -> Path:
         from quantize.gguf.convert import convert_to_gguf
 
-        return convert_to_gguf(
-            source, out_file, out_type, _stage(progress, f"convert → {out_type}")
-        )
+        return convert_to_gguf(source, out_file, out_type, stage(progress, f"convert → {out_type}"))
 
     def _quantize(
         self,
@@ -191,7 +189,7 @@ class GGUF:
             imatrix=matrix.values() if matrix is not None else None,
             overrides=overrides,
             threads=request.threads,
-            on_tensor=_stage(progress, f"quantize → {variant}"),
+            on_tensor=stage(progress, f"quantize → {variant}"),
         )
 
     def _manifest(
@@ -242,20 +240,14 @@ class GGUF:
                 **library_versions(
                     "gguf", "llama-cpp-python", "torch", "transformers", "safetensors"
                 ),
-                "llama.cpp": _llama_cpp_build(),
+                "llama.cpp": llama_cpp_build(),
             },
             "command": command_line(),
             "created_at": now(),
         }
 
 
-def _stage(progress: Progress | None, description: str) -> Any:
-    if progress is None:
-        return None
-    return lambda done, total: progress(description, done, total)
-
-
-def _llama_cpp_build() -> str:
+def llama_cpp_build() -> str:
     """llama.cpp as built into llama-cpp-python: its ggml library version and CPU features."""
     import llama_cpp
 

@@ -21,8 +21,28 @@ class GGUFRunner:
     def vocab_size(self) -> int:
         return self.llama.n_vocab()
 
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.llama.token_bos() if self.llama._model.add_bos_token() else None
+
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each token stands for (0 for control tokens): for bits per byte."""
+        import ctypes
+
+        import llama_cpp
+
+        buffer = ctypes.create_string_buffer(256)
+        vocab = self.llama._model.vocab
+        return np.array(
+            [
+                max(0, llama_cpp.llama_token_to_piece(vocab, token, buffer, 256, 0, False))
+                for token in range(self.vocab_size)
+            ],
+            dtype=np.int64,
+        )
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         if len(tokens) > self.llama.n_ctx():
