@@ -15,36 +15,57 @@ CTX = 256
 CHUNKS = 64  # 64 windows x 127 scored tokens: 8,128 tokens per candidate
 RANKED = ("Q8_0", "Q4_K_M", "Q2_K")
 TWINS = ("Q3_K_M", "Q3_K_S", "Q2_K")  # with and without the importance matrix
+# Training steps of the model on which the importance matrix is checked end to end (see below).
+IMATRIX_MODEL_STEPS = 1000
 
 
-@pytest.fixture(scope="session")
-def plain_exports(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
-    """The same quants as `gguf_exports`, made without an importance matrix."""
-    out = tmp_path_factory.mktemp("plain")
-    args = ["export", str(tiny_model), "--out", str(out), "--imatrix", "none"]
-    result = invoke(*args, *[a for v in TWINS for a in ("--variant", v)])
-    assert result.returncode == 0, result.stderr
-    return {v: out / f"{tiny_model.name}-GGUF-{v}" for v in TWINS}
-
-
-@pytest.fixture(scope="session")
-def evaluation(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_model: Path,
-    gguf_exports: dict[str, Path],
-    plain_exports: dict[str, Path],
-) -> tuple[dict, str]:
-    """One `bielik-quant eval` of F16, the ranked quants and the twins: (results, stdout)."""
-    tmp = tmp_path_factory.mktemp("eval")
-    candidates = [gguf_exports["F16"], *(gguf_exports[v] for v in RANKED + TWINS)]
-    candidates += [plain_exports[v] for v in TWINS]
-    args = ["eval", "--reference", str(tiny_model), "--out", str(tmp / "results.json")]
-    args += ["--ctx", str(CTX), "--chunks", str(CHUNKS), "--cache-dir", str(tmp / "cache")]
-    for candidate in dict.fromkeys(candidates):
+def run_eval(tmp: Path, reference: Path, candidates: list[Path], chunks: int) -> tuple[dict, str]:
+    """`bielik-quant eval` of `candidates` against `reference`: (results, stdout)."""
+    args = ["eval", "--reference", str(reference), "--out", str(tmp / "results.json")]
+    args += ["--ctx", str(CTX), "--chunks", str(chunks), "--cache-dir", str(tmp / "cache")]
+    for candidate in candidates:
         args += ["--candidate", str(candidate)]
     result = invoke(*args)
     assert result.returncode == 0, result.stderr
     return json.loads((tmp / "results.json").read_text("utf-8")), result.stdout
+
+
+@pytest.fixture(scope="session")
+def evaluation(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, gguf_exports: dict[str, Path]
+) -> tuple[dict, str]:
+    """One `bielik-quant eval` of F16 and the ranked quants: (results, stdout)."""
+    candidates = [gguf_exports[v] for v in ("F16", *RANKED)]
+    return run_eval(tmp_path_factory.mktemp("eval"), tiny_model, candidates, CHUNKS)
+
+
+@pytest.fixture(scope="session")
+def imatrix_evaluation(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> dict:
+    """The twins, with and without an importance matrix, on a longer-trained tiny model.
+
+    On the 160-step fixture the imatrix helps Q3_K_M (-9% KLD), ties at Q3_K_S and makes Q2_K
+    2.7x worse; llama.cpp's own llama-imatrix + llama-quantize do the same on such a model
+    (ARCHITECTURE.md). The loss comes from the imatrix on attn_q/attn_k (an ablation that used it
+    on those tensors only reproduced 90% of it) although it lowers their activation-weighted
+    reconstruction error, which test_gguf_export checks separately: per-layer error is the wrong
+    proxy for 2-bit attention weights of a barely trained model. Trained for 1000 steps
+    (PPL 626 -> 288 on the eval split), the model behaves like a real one: the imatrix wins at
+    all three.
+    """
+    from training.tiny_model import TinyMistral, build_tiny_mistral
+
+    tmp = tmp_path_factory.mktemp("imatrix-model")
+    texts = load("pl-en", split="train").texts
+    spec = TinyMistral(train_steps=IMATRIX_MODEL_STEPS)
+    model = build_tiny_mistral(tiny_tokenizer, texts, tmp / "trained-mistral", spec)
+    variants = [a for v in TWINS for a in ("--variant", v)]
+    for kind, extra in (("imatrix", []), ("plain", ["--imatrix", "none"])):
+        args = ["export", str(model), "--out", str(tmp / kind), "--n-ctx", str(CTX), *extra]
+        result = invoke(*args, *variants)
+        assert result.returncode == 0, result.stderr
+    candidates = [tmp / kind / f"{model.name}-GGUF-{v}" for kind in ("imatrix", "plain")
+                  for v in TWINS]  # fmt: skip
+    return run_eval(tmp, model, candidates, chunks=100)[0]
 
 
 def rows(results: dict) -> dict[tuple[str, bool], dict]:
@@ -70,8 +91,8 @@ def test_fewer_bits_lose_more(evaluation: tuple[dict, str]) -> None:
     assert stats["Q8_0"]["rms_p_diff"]["value"] < stats["Q2_K"]["rms_p_diff"]["value"]
 
 
-def test_the_importance_matrix_helps_at_3_bits_and_below(evaluation: tuple[dict, str]) -> None:
-    results = evaluation[0]
+def test_the_importance_matrix_helps_at_3_bits_and_below(imatrix_evaluation: dict) -> None:
+    results = imatrix_evaluation
     for variant in TWINS:
         with_imatrix, plain = kld(results, variant, True), kld(results, variant, False)
         assert with_imatrix < plain, f"{variant}: imatrix {with_imatrix:.5f}, plain {plain:.5f}"
