@@ -292,7 +292,10 @@ def eval_command(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the reference's cached logits live [default: ~/.cache/...]."),
+        typer.Option(
+            help="Where the reference's cached logits live (default: "
+            "$XDG_CACHE_HOME or ~/.cache, then bielik-quant/reference)."
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
