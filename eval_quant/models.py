@@ -8,7 +8,6 @@ Three kinds of path are accepted, so files made by other tools can be evaluated 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ class ModelInfo:
     def sha256(self) -> str:
         """Content hash of the weights (computed on first use: gigabytes for a 7B model)."""
         if self._sha256 is None:
-            self._sha256 = _sha256_files(_content_files(self))
+            self._sha256 = _content_sha256(self)
         return self._sha256
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,27 +176,18 @@ def _describe_gguf_file(path: Path) -> ModelInfo:
     )
 
 
-def _content_files(info: ModelInfo) -> list[Path]:
+def _content_sha256(info: ModelInfo) -> str:
+    from quantize.source import ModelSource, sha256_files
+
     if info.path.is_file():
-        return [info.path]
+        return sha256_files([info.path])
     if info.format == "hf":
-        from quantize.source import ModelSource
-
-        source = ModelSource.open(info.path)
-        return [info.path / "config.json", *source.weight_files]
+        return ModelSource.open(info.path).sha256
     # An artifact: every file but the ones that describe it.
-    return sorted(
-        file
-        for file in info.path.rglob("*")
-        if file.is_file() and file.name not in (MANIFEST, MODEL_CARD)
+    return sha256_files(
+        sorted(
+            file
+            for file in info.path.rglob("*")
+            if file.is_file() and file.name not in (MANIFEST, MODEL_CARD)
+        )
     )
-
-
-def _sha256_files(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            while block := handle.read(1 << 24):
-                digest.update(block)
-    return digest.hexdigest()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -105,13 +105,18 @@ class ModelSource:
     @cached_property
     def sha256(self) -> str:
         """Content hash of config.json and the weight files (streamed; a 7B model takes a while)."""
-        digest = hashlib.sha256()
-        for file in (self.path / "config.json", *self.weight_files):
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                while chunk := handle.read(1 << 24):
-                    digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_files([self.path / "config.json", *self.weight_files])
+
+
+def sha256_files(files: Iterable[Path]) -> str:
+    """One hash over several files, each name then content, streamed (models are gigabytes)."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_config(path: Path) -> dict[str, Any]:
