@@ -152,17 +152,36 @@ def export(
         typer.Option(
             "--variant",
             "-v",
-            help="Variant to make, e.g. Q4_K_M; repeat for several "
-            "(they share one F16 intermediate and one imatrix). See `bielik-quant info`.",
+            help="Variant to make, e.g. Q4_K_M (gguf), w4g128 (gptq, awq), 4bit-g64 (hqq, mlx), "
+            "4.0bpw-h6 (exl2); repeat for several, which share the expensive steps. "
+            "`bielik-quant info` lists them all.",
         ),
     ],
-    format_name: Annotated[str, typer.Option("--format", "-f", help="Output format.")] = "gguf",
+    format_name: Annotated[
+        str, typer.Option("--format", "-f", help="Output format: gguf, gptq, awq, hqq, mlx, exl2.")
+    ] = "gguf",
     out: Annotated[
         Path,
         typer.Option(
             help="Root directory; each variant goes to <out>/<model>-<FORMAT>-<variant>/."
         ),
     ] = Path("artifacts"),
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help=f"Calibration text for the GGUF imatrix, GPTQ, AWQ and EXL2 (HQQ and MLX use "
+            f"none): built-in {BUILTIN} (its calib split) or a .txt/.jsonl/.parquet file."
+        ),
+    ] = BUILTIN,
+    n_ctx: Annotated[
+        int, typer.Option(min=8, help="Calibration window (sample) length in tokens.")
+    ] = 512,
+    samples: Annotated[
+        int,
+        typer.Option(
+            min=1, help="GPTQ, AWQ, EXL2: at most this many calibration windows of --n-ctx."
+        ),
+    ] = 128,
     imatrix: Annotated[
         str,
         typer.Option(
@@ -170,7 +189,6 @@ def export(
             "file from `bielik-quant imatrix`, or none."
         ),
     ] = "auto",
-    calibration: CalibrationOption = BUILTIN,
     tensor_type: Annotated[
         list[str] | None,
         typer.Option(
@@ -178,29 +196,30 @@ def export(
             help="GGUF per-tensor override REGEX=TYPE, e.g. 'ffn_down=Q6_K'; repeatable.",
         ),
     ] = None,
-    n_ctx: Annotated[int, typer.Option(min=8, help="Calibration window length in tokens.")] = 512,
     threads: Annotated[int, typer.Option(min=0, help="Quantization threads (0: all cores).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace artifacts that already exist.")] = False,
 ) -> None:
-    """Export a checkpoint to a quantized format, one artifact directory per variant."""
+    """Export a checkpoint to a quantized format, one artifact directory per variant.
+
+    Every artifact holds the format's own files (loadable by its ecosystem), a model card and
+    bielik-quant.json, written last; a failed export leaves no artifact behind.
+    """
     from quantize.registry import ExportRequest, get_format
     from quantize.source import ModelSource
 
     fmt = get_format(format_name)
     fmt.check()
     source = ModelSource.open(model)
-    imatrix_choice = {"auto": "auto", "none": None}.get(imatrix.lower(), Path(imatrix))
     request = ExportRequest(
         source=source,
         out_root=out,
         variants=tuple(dict.fromkeys(variant)),
-        # The calibration text feeds the imatrix (and later AWQ/GPTQ); a given imatrix file
-        # already carries its own.
-        calibration=_calibration(calibration, "calib") if imatrix_choice == "auto" else None,
+        calibration=_calibration(calibration, "calib"),
         overwrite=overwrite,
         threads=threads,
         n_ctx=n_ctx,
-        imatrix=imatrix_choice,
+        calibration_samples=samples,
+        imatrix={"auto": "auto", "none": None}.get(imatrix.lower(), Path(imatrix)),
         tensor_types=tuple(tensor_type or ()),
     )
     with progress() as bar:
@@ -377,7 +396,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fail(message: str) -> NoReturn:
     """Report a user mistake as one line and exit 1."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages hold brackets rich would take for markup ("bielik-quant[gptq]").
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(1)
 
 

@@ -13,7 +13,7 @@ import platform
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +49,30 @@ def check_writable(final: Path, overwrite: bool) -> None:
     """Refuse early (before hours of work) if the artifact exists and may not be replaced."""
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists; pass --overwrite to replace it")
+
+
+def plan_outputs(request: Any, format_name: str, variants: Sequence[str]) -> dict[str, Path]:
+    """variant → its artifact directory, each checked writable before any work starts.
+
+    `request` is a quantize.registry.ExportRequest (not imported: the registry imports this).
+    """
+    finals = {
+        variant: request.out_root / artifact_name(request.source.name, format_name, variant)
+        for variant in variants
+    }
+    for final in finals.values():
+        check_writable(final, request.overwrite)
+    return finals
+
+
+def publish(staging: Path, manifest: dict[str, Any], usage: str) -> None:
+    """Finish a staged artifact: the model card, then the manifest, whose presence means done."""
+    from quantize.model_card import render_model_card, source_license
+
+    license_id = source_license(Path(manifest["source"]["path"]))
+    card = render_model_card(manifest, usage, license_id)
+    (staging / MODEL_CARD).write_text(card, "utf-8")
+    write_json(staging / MANIFEST, manifest)
 
 
 @contextmanager
@@ -102,3 +126,49 @@ def command_line() -> str:
     if program in ("__main__.py", "cli.py"):
         program = "bielik-quant"
     return shlex.join([program, *sys.argv[1:]])
+
+
+def base_manifest(
+    request: Any,  # quantize.registry.ExportRequest (not imported: registry imports this module)
+    format_name: str,
+    variant: str,
+    files: Mapping[str, str | None],
+    size_bytes: int,
+    n_weights: int,
+    n_bytes: int,
+    libraries: Sequence[str],
+    started_at: str,
+    calibration: Any = None,  # calibration_data.Calibration when the export used one
+) -> dict[str, Any]:
+    """The manifest fields every format writes; a format adds its own settings to the result.
+
+    `n_bytes / n_weights` are the bytes and the number of weights of the model's tensors as stored,
+    so `bits_per_weight` is what the weights really cost, quantization metadata included.
+    """
+    source = request.source
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "format": format_name,
+        "variant": variant,
+        "files": dict(files),
+        "bits_per_weight": round(8 * n_bytes / n_weights, 4),
+        "size_bytes": size_bytes,
+        "n_parameters": n_weights,
+        "source": {
+            "name": source.name,
+            "path": str(source.path.resolve()),
+            "architecture": source.architecture,
+            "sha256": source.sha256,
+        },
+        "calibration": None
+        if calibration is None
+        else {
+            "name": calibration.name,
+            "sha256": calibration.sha256,
+            "documents": len(calibration.documents),
+        },
+        "versions": library_versions(*libraries),
+        "command": command_line(),
+        "started_at": started_at,
+        "created_at": now(),
+    }

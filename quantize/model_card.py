@@ -36,11 +36,12 @@ def render_model_card(manifest: dict[str, Any], usage: str, license_id: str | No
         rows.append(
             ("Calibration", f"{calibration['name']} (sha256 {calibration['sha256'][:12]}…)")
         )
-    imatrix = manifest.get("imatrix")
-    rows.append(
-        ("Importance matrix", f"{imatrix['chunk_count']} windows of {imatrix['chunk_size']} tokens"
-         if imatrix else "none")
-    )  # fmt: skip
+    if "imatrix" in manifest:  # formats that take one (GGUF)
+        imatrix = manifest["imatrix"]
+        rows.append(
+            ("Importance matrix", f"{imatrix['chunk_count']} windows of {imatrix['chunk_size']} "
+             "tokens" if imatrix else "none")
+        )  # fmt: skip
     table = ["| | |", "| --- | --- |"] + [f"| {key} | {value} |" for key, value in rows]
 
     body = [

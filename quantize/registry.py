@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "bielik_quant.formats"
 # Built-in formats as "module:attribute", imported only when asked for, so a missing backend
 # library never breaks the others.
-BUILTIN = {"gguf": "quantize.gguf.format:GGUF"}
+BUILTIN = {
+    "gguf": "quantize.gguf.format:GGUF",
+    "awq": "quantize.gptqmodel.format:AWQ",
+    "gptq": "quantize.gptqmodel.format:GPTQ",
+    "hqq": "quantize.hqq.format:HQQ",
+    "mlx": "quantize.mlx.format:MLX",
+    "exl2": "quantize.exl2.format:EXL2",
+}
 
 # (what is being done, done, total): the CLI draws a progress bar from these calls.
 Progress = Callable[[str, int, int], None]
@@ -47,7 +54,8 @@ class ExportRequest:
     calibration: Calibration | None = None
     overwrite: bool = False
     threads: int = 0
-    n_ctx: int = 512
+    n_ctx: int = 512  # calibration window length in tokens (imatrix, GPTQ/AWQ, EXL2)
+    calibration_samples: int = 128  # GPTQ/AWQ/EXL2: at most this many windows of the text
     imatrix: str | Path | None = "auto"  # GGUF: "auto", a file, or None for no imatrix
     tensor_types: tuple[str, ...] = ()  # GGUF: REGEX=TYPE overrides
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantize.errors import ModelSourceError, UnsupportedArchitectureError
+from quantize.errors import ModelSourceError, QuantizeError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +28,20 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# What a quantized artifact carries over from its source unchanged, so it tokenizes and chats
+# exactly as the source does.
+SIDE_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+# The linear layers of a Llama/Mistral decoder block: what weight-only quantizers replace.
+BLOCK_LINEAR = re.compile(
+    r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,27 @@ class ModelSource:
                 tensor = handle.get_tensor(entry.name)
             yield entry, tensor
 
+    def check_group_size(
+        self, variant: str, group_size: int, pattern: re.Pattern[str] = BLOCK_LINEAR
+    ) -> None:
+        """Refuse, before any work, a matrix whose input width `group_size` does not divide.
+
+        Libraries differ in what they do then (hqq groups across rows, mlx-lm leaves the layer
+        unquantized, GPTQModel fails midway), and none of it is the variant the user asked for.
+        """
+        for entry in self.tensors:
+            if len(entry.shape) == 2 and pattern.match(entry.name) and entry.shape[1] % group_size:
+                raise QuantizeError(
+                    f"{variant}: group size {group_size} does not divide the input width "
+                    f"{entry.shape[1]} of {entry.name}; choose a variant whose group size does"
+                )
+
+    def copy_side_files(self, out: Path) -> None:
+        """The tokenizer and generation settings, byte for byte, into an artifact directory."""
+        for name in SIDE_FILES:
+            if (self.path / name).is_file():
+                shutil.copy2(self.path / name, out / name)
+
     @cached_property
     def sha256(self) -> str:
         """Content hash of config.json and the weight files (streamed; a 7B model takes a while)."""
@@ -117,6 +155,22 @@ def sha256_files(files: Iterable[Path]) -> str:
             while chunk := handle.read(1 << 24):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def stored_tensors(file: Path) -> dict[str, tuple[tuple[int, ...], int]]:
+    """name → (shape, bytes as stored) for every tensor of a safetensors file, no data read.
+
+    The safetensors library reports shapes and dtypes but not byte sizes; the header (a u64
+    length, then JSON with each tensor's byte range) gives them exactly, packed dtypes included.
+    """
+    with file.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return {
+        name: (tuple(info["shape"]), info["data_offsets"][1] - info["data_offsets"][0])
+        for name, info in header.items()
+    }
 
 
 def _read_config(path: Path) -> dict[str, Any]:

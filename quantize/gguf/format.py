@@ -13,18 +13,7 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
-from quantize.artifact import (
-    MANIFEST,
-    MODEL_CARD,
-    Artifact,
-    artifact_name,
-    check_writable,
-    command_line,
-    library_versions,
-    now,
-    staged,
-    write_json,
-)
+from quantize.artifact import Artifact, base_manifest, now, plan_outputs, publish, staged
 from quantize.errors import ImatrixError, MissingDependencyError, QuantizeError
 from quantize.gguf.llama_quantize import (
     FTYPE_NAMES,
@@ -33,7 +22,6 @@ from quantize.gguf.llama_quantize import (
     quantize_gguf,
     requires_imatrix,
 )
-from quantize.model_card import render_model_card, source_license
 from quantize.registry import ExportRequest, Progress, stage
 
 UNQUANTIZED = ("F32", "F16", "BF16")  # written by our converter directly
@@ -77,15 +65,10 @@ class GGUF:
         for variant in request.variants:
             ftype(variant)  # unknown names fail here, before any work
         overrides = [TensorTypeOverride.parse(text) for text in request.tensor_types]
-        finals = {
-            v: request.out_root / artifact_name(source.name, self.name, v) for v in request.variants
-        }
-        for final in finals.values():
-            check_writable(final, request.overwrite)
+        finals = plan_outputs(request, self.name, request.variants)
         quantized = [v for v in request.variants if v not in UNQUANTIZED]
         imatrix = self._imatrix_choice(request, quantized, overrides)
 
-        license_id = source_license(source.path)
         work = request.out_root / f".{source.name}-GGUF.work"
         shutil.rmtree(work, ignore_errors=True)  # left behind by a killed export
         work.mkdir(parents=True)
@@ -97,8 +80,8 @@ class GGUF:
             intermediate = None
             # Unquantized variants first: a requested F16 artifact doubles as the intermediate.
             for variant in sorted(request.variants, key=lambda v: v not in UNQUANTIZED):
-                with staged(finals[variant], request.overwrite) as stage:
-                    model_file = stage / f"{finals[variant].name}.gguf"
+                with staged(finals[variant], request.overwrite) as staging:
+                    model_file = staging / f"{finals[variant].name}.gguf"
                     if variant in UNQUANTIZED:
                         self._convert(source, model_file, variant, progress)
                         used = None
@@ -110,13 +93,11 @@ class GGUF:
                         )
                         used = matrix
                         if used is not None:
-                            shutil.copy2(work / IMATRIX_FILE, stage / IMATRIX_FILE)
-                    manifest = self._manifest(request, variant, model_file, used, overrides)
-                    manifest["started_at"] = started_at
-                    usage = f"llama-cli -m {model_file.name} -cnv"
-                    card = render_model_card(manifest, usage, license_id)
-                    (stage / MODEL_CARD).write_text(card, "utf-8")
-                    write_json(stage / MANIFEST, manifest)  # last: its presence means complete
+                            shutil.copy2(work / IMATRIX_FILE, staging / IMATRIX_FILE)
+                    manifest = self._manifest(
+                        request, variant, model_file, used, overrides, started_at
+                    )
+                    publish(staging, manifest, f"llama-cli -m {model_file.name} -cnv")
                 artifacts.append(Artifact(finals[variant], manifest))
                 if variant == "F16":
                     intermediate = finals[variant] / model_file.name
@@ -199,52 +180,34 @@ class GGUF:
         model_file: Path,
         matrix: Any,
         overrides: list[TensorTypeOverride],
+        started_at: str,
     ) -> dict[str, Any]:
         import gguf
 
         reader = gguf.GGUFReader(model_file)
-        n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-        n_weights = sum(int(t.n_elements) for t in reader.tensors)
-        calibration = request.calibration if matrix is not None else None
-        return {
-            "manifest_version": 1,
-            "format": self.name,
-            "variant": variant,
-            "files": {"model": model_file.name, "imatrix": IMATRIX_FILE if matrix else None},
-            "bits_per_weight": round(8 * n_bytes / n_weights, 4),
-            "size_bytes": model_file.stat().st_size,
-            "n_parameters": n_weights,
-            "source": {
-                "name": request.source.name,
-                "path": str(request.source.path.resolve()),
-                "architecture": request.source.architecture,
-                "sha256": request.source.sha256,
-            },
-            "calibration": None
-            if calibration is None
-            else {
-                "name": calibration.name,
-                "sha256": calibration.sha256,
-                "documents": len(calibration.documents),
-            },
-            "imatrix": None
-            if matrix is None
-            else {
-                "sha256": matrix.sha256(),
-                "chunk_count": matrix.chunk_count,
-                "chunk_size": matrix.chunk_size,
-                "datasets": matrix.datasets,
-            },
-            "tensor_type_overrides": [str(o) for o in overrides],
-            "versions": {
-                **library_versions(
-                    "gguf", "llama-cpp-python", "torch", "transformers", "safetensors"
-                ),
-                "llama.cpp": llama_cpp_build(),
-            },
-            "command": command_line(),
-            "created_at": now(),
-        }
+        manifest = base_manifest(
+            request,
+            self.name,
+            variant,
+            files={"model": model_file.name, "imatrix": IMATRIX_FILE if matrix else None},
+            size_bytes=model_file.stat().st_size,
+            n_weights=sum(int(t.n_elements) for t in reader.tensors),
+            n_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+            libraries=("gguf", "llama-cpp-python", "torch", "transformers", "safetensors"),
+            started_at=started_at,
+            # The text is part of this artifact's recipe only through an imatrix made from it;
+            # a given imatrix file names its own datasets below.
+            calibration=request.calibration if matrix and request.imatrix == "auto" else None,
+        )
+        manifest["versions"]["llama.cpp"] = llama_cpp_build()
+        manifest["imatrix"] = None if matrix is None else {
+            "sha256": matrix.sha256(),
+            "chunk_count": matrix.chunk_count,
+            "chunk_size": matrix.chunk_size,
+            "datasets": matrix.datasets,
+        }  # fmt: skip
+        manifest["tensor_type_overrides"] = [str(o) for o in overrides]
+        return manifest
 
 
 def llama_cpp_build() -> str:
