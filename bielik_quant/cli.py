@@ -363,6 +363,30 @@ def report(
         output.print(str(path), highlight=False)
 
 
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="A recipe in training/recipes/ or a YAML file.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="KEY=VALUE for any recipe field, e.g. lr=1e-4 max_steps=200."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in out.")] = False,
+    stop_after: Annotated[
+        int, typer.Option(min=0, help="Stop after N steps (with a checkpoint); 0: run to the end.")
+    ] = 0,
+) -> None:
+    """Continued pretraining or SFT from a recipe; one process here, DDP/FSDP under torchrun.
+
+    The recipe's fields are documented in training/config.py. Several processes run the same code
+    as `torchrun --nproc_per_node N -m training RECIPE KEY=VALUE ...`.
+    """
+    from training.run import run
+
+    code = run(recipe, overrides or [], resume=resume, stop_after=stop_after)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     out: Annotated[Path, typer.Option(help="Directory to create for the checkpoint.")],

@@ -1,0 +1,223 @@
+"""The trainer end to end on the tiny recipes: it learns, resumes exactly, runs under torchrun, and
+its output is a checkpoint the rest of bielik-quant reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli import invoke
+from training.checkpoint import CheckpointError
+from training.config import TrainConfig, load_config
+from training.trainer import TrainingError, train
+
+STEPS = 12  # the tiny model's loss falls by about one nat in 12 steps
+
+
+def pretrain_config(tiny_tokenizer: Path, out: Path, *overrides: str) -> TrainConfig:
+    return load_config(
+        "tiny-pretrain",
+        [f"tokenizer={tiny_tokenizer}", f"out={out}", f"max_steps={STEPS}", "log_every=1",
+         "save_every=100", *overrides],
+    )  # fmt: skip
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def weights(final: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(final / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
+    """An uninterrupted tiny pretraining run; its directory (log.jsonl, final/)."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert train(pretrain_config(tiny_tokenizer, out)) == out / "final"
+    return out
+
+
+def test_pretraining_lowers_the_loss(pretrained: Path) -> None:
+    curve = losses(pretrained)
+    assert len(curve) == STEPS
+    assert curve[-1] < curve[0] - 0.7, curve
+    log = [json.loads(line) for line in (pretrained / "log.jsonl").read_text().splitlines()]
+    # Every sequence of a pretraining block is learned (127 of 128 positions + the shifted one).
+    assert all(record["loss_tokens"] == 8 * 128 for record in log)
+    assert all(record["tokens_per_s"] > 0 and record["mfu"] is None for record in log)
+
+
+def test_stop_and_resume_match_the_uninterrupted_run(
+    pretrained: Path, tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = pretrain_config(tiny_tokenizer, out)
+    assert train(config, stop_after=5) is None
+    assert not (out / "final").exists()
+    with (out / "log.jsonl").open("a") as log:  # a step logged after the checkpoint, then a crash
+        log.write(json.dumps({"step": 6, "loss": 0.0}) + "\n")
+    assert train(config, resume=True) == out / "final"
+    assert losses(out) == losses(pretrained)  # the same numbers, not merely close
+    ours, theirs = weights(out / "final"), weights(pretrained / "final")
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+def test_the_final_checkpoint_is_what_export_reads(pretrained: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = pretrained / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert model.config.architectures == ["MistralForCausalLM"]
+    # Stored as published checkpoints are: bfloat16 safetensors, the SentencePiece model beside.
+    assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in weights(final).values()} == {torch.bfloat16}
+    assert (final / "tokenizer.model").is_file()
+    inputs = tokenizer("Kraków", return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > 1
+    args = ["export", str(final), "--format", "gguf", "-v", "Q8_0", "--imatrix", "none"]
+    result = invoke(*args, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "final-GGUF-Q8_0" / "final-GGUF-Q8_0.gguf").is_file()
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one(parallel: str, tiny_tokenizer: Path, tmp_path: Path) -> None:
+    """torchrun with gloo: the same global batch split over 2 processes gives the same training."""
+    common = [f"tokenizer={tiny_tokenizer}", "max_steps=6", "log_every=1", "dtype=float32"]
+    single = tmp_path / "single"
+    assert train(load_config("tiny-pretrain", [*common, f"out={single}"])) is not None
+    double = tmp_path / parallel
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "-m", "training", "tiny-pretrain", *common, f"out={double}", f"parallel={parallel}",
+               "save_every=3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(double) == pytest.approx(losses(single), abs=1e-4)
+    ours, theirs = weights(double / "final"), weights(single / "final")
+    for name, tensor in theirs.items():  # bfloat16 on disk: a rounding step apart at most
+        torch.testing.assert_close(ours[name].float(), tensor.float(), atol=2e-3, rtol=1e-2)
+    assert sorted(p.name for p in (double / "checkpoints").iterdir()) == [
+        "step-000003", "step-000006"]  # fmt: skip
+
+
+def sft_records(path: Path) -> Path:
+    """Conversations with fixed answers, as a user's JSONL file."""
+    pairs = [
+        ("Jak się nazywa stolica Polski?", "Stolicą Polski jest Warszawa, położona nad Wisłą."),
+        ("Podaj nazwę najdłuższej rzeki w Polsce.", "Najdłuższą rzeką w Polsce jest Wisła."),
+        ("Jakie morze leży na północy Polski?", "Na północy Polski leży Morze Bałtyckie."),
+        ("Jak nazywa się najwyższy szczyt Tatr?", "Najwyższym szczytem Tatr są Rysy."),
+    ]
+    lines = [
+        json.dumps({"id": f"r{i}", "quality": quality, "messages": [
+            {"role": "user", "content": question}, {"role": "assistant", "content": answer}]},
+            ensure_ascii=False)
+        for i, ((question, answer), quality) in enumerate(
+            zip(pairs * 2, ["high", "medium", "low", "high"] * 2, strict=True))
+    ]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def nll_by_role(model_dir: Path, records: Path) -> tuple[float, float]:
+    """Mean NLL of the assistant's tokens and of the user's, over the records."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.data import render_conversation
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sums = {"assistant": [0.0, 0], "user": [0.0, 0]}
+    for line in records.read_text("utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        ids, learned = render_conversation(tokenizer, messages)
+        question = tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            log_p = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        nll = [-float(log_p[t - 1, ids[t]]) for t in range(1, len(ids))]
+        for t in range(1, len(ids)):
+            if learned[t]:
+                sums["assistant"][0] += nll[t - 1]
+                sums["assistant"][1] += 1
+        start = next(i for i in range(len(ids)) if ids[i : i + 3] == question[:3])
+        for t in range(max(start, 1), start + len(question)):
+            sums["user"][0] += nll[t - 1]
+            sums["user"][1] += 1
+    return sums["assistant"][0] / sums["assistant"][1], sums["user"][0] / sums["user"][1]
+
+
+def test_sft_learns_the_answers_not_the_questions(tiny_model: Path, tmp_path: Path) -> None:
+    records = sft_records(tmp_path / "sft.jsonl")
+    out = tmp_path / "sft"
+    overrides = [f"model={tiny_model}", f"data=[{records}]", f"out={out}", "epochs=20",
+                 "seq_len=96", "lr=2e-3", "min_lr=2e-4", "warmup_steps=2"]  # fmt: skip
+    final = train(load_config("tiny-sft", overrides))
+    assert final is not None
+    answer_before, question_before = nll_by_role(tiny_model, records)
+    answer_after, question_after = nll_by_role(final, records)
+    print(f"NLL answers {answer_before:.3f} -> {answer_after:.3f}, "
+          f"questions {question_before:.3f} -> {question_after:.3f}")  # fmt: skip
+    assert answer_after < 0.5 * answer_before
+    assert question_before - question_after < 0.25 * (answer_before - answer_after)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # Loss tokens are the answers only (ALR scales with them), far fewer than the positions.
+    assert all(0 < record["loss_tokens"] < 4 * 96 // 2 for record in log)
+
+
+def test_resume_from_another_recipe_or_corrupt_checkpoint_is_refused(
+    tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = pretrain_config(tiny_tokenizer, out, "save_every=2")
+    assert train(config, stop_after=2) is None
+    with pytest.raises(TrainingError, match="already holds checkpoints; pass --resume"):
+        train(config)
+    other = pretrain_config(tiny_tokenizer, out, "save_every=2", "lr=1e-3")
+    with pytest.raises(TrainingError, match=r"another recipe .*differs in lr"):
+        train(other, resume=True)
+    shard = next((out / "checkpoints" / "step-000002").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"step-000002 is corrupt: {shard.name}"):
+        train(config, resume=True)
+    assert shard.is_file()  # nothing already written is lost
+
+
+def test_a_diverging_run_stops_with_the_step(tiny_tokenizer: Path, tmp_path: Path) -> None:
+    config = pretrain_config(tiny_tokenizer, tmp_path / "run", "lr=1e12", "warmup_steps=1")
+    with pytest.raises(TrainingError, match=r"loss became nan at step \d+; .*checkpoint"):
+        train(config)
+
+
+def test_cli_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
+    result = invoke("train", "tiny-pretrain", "learning_rate=1")
+    assert result.returncode == 1 and "unknown field 'learning_rate'" in result.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = ["train", "tiny-sft", f"model={tmp_path}", f"tokenizer={tiny_tokenizer}"]
+    result = invoke(*args, f"data=[{empty}]", f"out={tmp_path / 'o'}")
+    assert result.returncode == 1 and "no SFT records" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gradient_checkpointing_changes_memory_not_results(
+    tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    runs = []
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        train(pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}"))
+        runs.append(losses(out))
+    assert runs[0] == pytest.approx(runs[1], abs=1e-4)

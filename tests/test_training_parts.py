@@ -1,0 +1,212 @@
+"""The training stack's parts, each against a hand computation: recipes, schedule, loss, data."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import ConfigError, TrainConfig, load_config, parse_overrides
+from training.data import DataError, pack_pretraining, pack_sft, render_conversation
+from training.loss import IGNORE_INDEX, weighted_token_loss
+from training.schedule import adaptive_lr, cosine_lr
+
+# Recipes -------------------------------------------------------------------------------------
+
+
+def test_paper_recipes_as_written() -> None:
+    cpt = load_config("bielik-7b-cpt")
+    assert (cpt.betas, cpt.weight_decay, cpt.lr, cpt.min_lr) == ((0.9, 0.95), 0.1, 3e-5, 2e-5)
+    assert (cpt.warmup_steps, cpt.max_steps, cpt.global_batch, cpt.micro_batch) == (
+        2000, 17350, 256, 4)  # fmt: skip
+    assert (cpt.clip_grad, cpt.dtype, cpt.seq_len) == (1.0, "bfloat16", 4096)
+    sft = load_config("bielik-7b-sft")
+    assert (sft.weight_decay, sft.lr, sft.min_lr, sft.warmup_steps) == (0.05, 7e-6, 6e-7, 50)
+    assert (sft.global_batch, sft.micro_batch, sft.epochs, sft.seq_len) == (128, 1, 3, 4096)
+    assert sft.quality_weights == {"high": 1.0, "medium": 0.7, "low": 0.5}
+    assert sft.alr_baseline_tokens > 0
+    for tiny in ("tiny-pretrain", "tiny-sft"):
+        assert isinstance(load_config(tiny), TrainConfig)
+
+
+def test_overrides_are_parsed_by_the_field_type() -> None:
+    config = load_config(
+        "tiny-pretrain", ["lr=1e-4", "max_steps=7", "betas=[0.8, 0.9]", "compile=true", "out=x"]
+    )
+    assert (config.lr, config.max_steps, config.betas, config.compile, config.out) == (
+        1e-4, 7, (0.8, 0.9), True, "x")  # fmt: skip
+    assert isinstance(load_config("tiny-pretrain", ["lr=1"]).lr, float)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learning_rate=1e-4"], "unknown field 'learning_rate'"),
+        (["warmup_step=5"], "did you mean 'warmup_steps'"),
+        (["max_steps=ten"], "max_steps must be an integer"),
+        (["betas=[0.9]"], "betas must be a list"),
+        (["compile=1"], "compile must be true/false"),
+        (["lr"], "not KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_are_named(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config("tiny-pretrain", overrides)
+    if "unknown" in message:
+        assert "valid fields:" in str(error.value) and "min_lr" in str(error.value)
+
+
+def test_bad_recipe_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; built-in recipes: bielik"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1e-4\nwarmup: 10\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: unknown field 'warmup'.*warmup_steps"):
+        load_config(bad)
+    bad.write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    assert parse_overrides(["data=[a.txt, b.txt]"]) == {"data": ["a.txt", "b.txt"]}
+
+
+# Schedule and ALR ----------------------------------------------------------------------------
+
+
+def test_schedule_at_warmup_start_peak_and_end() -> None:
+    peak, floor, warmup, total = 3e-5, 2e-5, 2000, 17350
+    assert cosine_lr(0, peak, floor, warmup, total) == pytest.approx(peak / warmup)
+    assert cosine_lr(warmup - 1, peak, floor, warmup, total) == pytest.approx(peak)
+    assert cosine_lr(warmup, peak, floor, warmup, total) == pytest.approx(peak)
+    middle = warmup + (total - 1 - warmup) // 2
+    assert cosine_lr(middle, peak, floor, warmup, total) == pytest.approx((peak + floor) / 2, 1e-4)
+    assert cosine_lr(total - 1, peak, floor, warmup, total) == pytest.approx(floor)
+    assert cosine_lr(total + 5, peak, floor, warmup, total) == pytest.approx(floor)
+    lrs = [cosine_lr(s, peak, floor, warmup, total) for s in range(warmup, total)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_alr_scales_with_the_square_root_of_loss_tokens() -> None:
+    assert adaptive_lr(7e-6, 131072, 131072) == pytest.approx(7e-6)
+    assert adaptive_lr(7e-6, 131072 // 4, 131072) == pytest.approx(3.5e-6)
+    assert adaptive_lr(1e-3, 900, 100) == pytest.approx(3e-3)
+    assert adaptive_lr(1e-3, 5, 0) == 1e-3  # off
+
+
+# Loss ----------------------------------------------------------------------------------------
+
+
+def test_weighted_loss_is_the_hand_computation() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    labels = torch.tensor([[1, IGNORE_INDEX, 4], [IGNORE_INDEX, 0, 2]])
+    weights = torch.tensor([1.0, 0.5])
+    total, count, correct = weighted_token_loss(logits, labels, weights)
+    log_p = torch.log_softmax(logits.detach(), -1)
+    by_hand = -(1.0 * (log_p[0, 0, 1] + log_p[0, 2, 4]) + 0.5 * (log_p[1, 1, 0] + log_p[1, 2, 2]))
+    assert float(total) == pytest.approx(float(by_hand), rel=1e-6)
+    assert int(count) == 4
+    hits = [logits[0, 0].argmax() == 1, logits[0, 2].argmax() == 4, logits[1, 1].argmax() == 0,
+            logits[1, 2].argmax() == 2]  # fmt: skip
+    assert int(correct) == sum(bool(h) for h in hits)
+    (total / count).backward()
+    # Masked positions take no part: their logits get exactly zero gradient.
+    assert (
+        torch.count_nonzero(logits.grad[0, 1]) == 0 and torch.count_nonzero(logits.grad[1, 0]) == 0
+    )
+    assert torch.count_nonzero(logits.grad[0, 0]) == 5
+
+
+# Data ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer)
+
+
+def test_pretraining_blocks_are_the_stream_cut_and_mixed(tokenizer: Any, tmp_path: Path) -> None:
+    polish = [
+        f"Dokument numer {i}: Kraków leży nad Wisłą, a Gdańsk nad Bałtykiem." for i in range(40)
+    ]
+    english = ["The quick brown fox jumps over the lazy dog."] * 10
+    samples = pack_pretraining(
+        tokenizer, [("pl", polish), ("en", english)], [3.0, 1.0], 16, tmp_path / "d", seed=1
+    )
+    assert samples.inputs.shape == samples.labels.shape and samples.inputs.shape[1] == 16
+    # Labels are the inputs shifted by one, within each block; every weight is 1.
+    np.testing.assert_array_equal(samples.inputs[:, 1:], samples.labels[:, :-1])
+    assert (np.asarray(samples.weights) == 1).all()
+    # Documents are joined as BOS doc EOS; 3:1 by blocks, the English ones repeated to get there.
+    english_ids = set(tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"])
+    is_english = [bool(english_ids & set(row.tolist())) for row in samples.inputs]
+    share = sum(is_english) / len(is_english)
+    assert 0.15 < share < 0.35, share
+    assert tokenizer.eos_token_id in samples.inputs and tokenizer.bos_token_id in samples.inputs
+
+
+def test_too_little_text_is_refused(tokenizer: Any, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"tiny: .* fewer than one block of 513"):
+        pack_pretraining(tokenizer, [("tiny", ["Krótko."])], [], 512, tmp_path, seed=0)
+
+
+def test_sft_learns_only_assistant_content_and_its_eos(tokenizer: Any) -> None:
+    messages = [
+        {"role": "system", "content": "Odpowiadaj krótko."},
+        {"role": "user", "content": "Jaka jest stolica Polski?"},
+        {"role": "assistant", "content": "Warszawa."},
+        {"role": "user", "content": "A Niemiec?"},
+        {"role": "assistant", "content": "Berlin."},
+    ]
+    ids, learned = render_conversation(tokenizer, messages)
+    learned_text = tokenizer.decode([t for t, keep in zip(ids, learned, strict=True) if keep])
+    assert learned_text.replace(" ", "") == "Warszawa.</s>Berlin.</s>"
+    assert not learned[0] and ids[0] == tokenizer.bos_token_id  # BOS is not learned
+
+
+def test_sft_samples_carry_weights_and_masks(tokenizer: Any, tmp_path: Path) -> None:
+    records = [
+        {"id": "a", "quality": "high", "messages": [
+            {"role": "user", "content": "Hej"}, {"role": "assistant", "content": "Cześć!"}]},
+        {"id": "b", "quality": "low", "messages": [
+            {"role": "user", "content": "Ile to 2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]  # fmt: skip
+    weights = {"high": 1.0, "medium": 0.7, "low": 0.5}
+    samples = pack_sft(tokenizer, records, weights, 32, tmp_path / "sft")
+    assert np.asarray(samples.weights).tolist() == [1.0, 0.5]
+    for row in range(2):
+        learned = samples.labels[row][samples.labels[row] != IGNORE_INDEX]
+        text = tokenizer.decode(learned.tolist())
+        assert text.replace(" ", "") == ["Cześć!</s>", "4</s>"][row]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"id": "x", "messages": [{"role": "user", "content": "Hej"}]}, "record x: no assistant"),
+        ({"id": "y", "quality": "superb", "messages": [{"role": "assistant", "content": "a"}]},
+         "record y: quality 'superb' has no weight"),
+        ({"id": "z", "messages": [{"role": "bot", "content": "a"}]}, "record z: every message"),
+        ({"id": "w"}, "record w: no 'messages'"),
+    ],
+)  # fmt: skip
+def test_bad_sft_records_are_named(
+    tokenizer: Any, tmp_path: Path, record: dict, message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        pack_sft(tokenizer, [record], {"high": 1.0, "great": 1.5}, 64, tmp_path)
+    with pytest.raises(DataError, match="not in \\(0, 1\\]"):
+        good = {"messages": [{"role": "assistant", "content": "a"}], "quality": "great"}
+        pack_sft(tokenizer, [good], {"great": 1.5}, 64, tmp_path)
+
+
+def test_a_conversation_longer_than_seq_len_is_named(tokenizer: Any, tmp_path: Path) -> None:
+    record = {"id": "long", "messages": [{"role": "user", "content": "słowo " * 50},
+                                          {"role": "assistant", "content": "ok"}]}  # fmt: skip
+    with pytest.raises(DataError, match=r"record long: .* longer than seq_len"):
+        pack_sft(tokenizer, [record], {"high": 1.0}, 16, tmp_path)

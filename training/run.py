@@ -1,0 +1,39 @@
+"""Run a recipe: parse it, train, report; user mistakes become one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from training.checkpoint import CheckpointError
+from training.config import ConfigError, load_config
+from training.data import DataError
+from training.trainer import TrainingError, train
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
+
+
+def run(recipe: str, overrides: Sequence[str], resume: bool = False, stop_after: int = 0) -> int:
+    try:
+        config = load_config(recipe, list(overrides))
+        final = train(config, resume=resume, stop_after=stop_after, on_step=print_step)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        print(final or f"stopped; continue with --resume ({config.out}/checkpoints)")
+    return 0
+
+
+def print_step(record: dict[str, Any], steps: int) -> None:
+    """One console line per step the log would hold (the JSONL log has every step)."""
+    mfu = f" mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
+    print(
+        f"step {record['step']}/{steps} loss {record['loss']:.4f} acc {record['accuracy']:.3f} "
+        f"lr {record['lr']:.2e} grad {record['grad_norm']:.3f} "
+        f"{record['tokens_per_s']:,.0f} tok/s{mfu}",
+        file=sys.stderr,
+        flush=True,
+    )
