@@ -93,7 +93,10 @@ def test_the_final_checkpoint_is_what_export_reads(pretrained: Path, tmp_path: P
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(parallel: str, tiny_tokenizer: Path, tmp_path: Path) -> None:
     """torchrun with gloo: the same global batch split over 2 processes gives the same training."""
-    common = [f"tokenizer={tiny_tokenizer}", "max_steps=6", "log_every=1", "dtype=float32"]
+    # Micro-batches of 2: 4 accumulation steps alone, 2 per process, so the gradient sync
+    # skipped on all but the last micro-step (no_sync / set_requires_gradient_sync) is covered.
+    common = [f"tokenizer={tiny_tokenizer}", "max_steps=6", "log_every=1", "dtype=float32",
+              "micro_batch=2"]  # fmt: skip
     single = tmp_path / "single"
     assert train(load_config("tiny-pretrain", [*common, f"out={single}"])) is not None
     double = tmp_path / parallel
@@ -221,3 +224,20 @@ def test_gradient_checkpointing_changes_memory_not_results(
         train(pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}"))
         runs.append(losses(out))
     assert runs[0] == pytest.approx(runs[1], abs=1e-4)
+
+
+def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    records = sft_records(tmp_path / "sft.jsonl")
+    overrides = [f"model={model}", f"data=[{records}]", f"out={tmp_path / 'run'}", "seq_len=96"]
+    config = load_config("tiny-sft", overrides)
+    assert train(config, stop_after=1) is None
+    weights_file = model / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[-1] ^= 0x01  # the same path, other weights
+    weights_file.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match="made from another starting model"):
+        train(config, resume=True)

@@ -103,8 +103,12 @@ def _train(
             rows = slice(micro * config.micro_batch, (micro + 1) * config.micro_batch)
             inputs, labels, weights = (torch.as_tensor(np.asarray(p[rows])) for p in local)
             inputs, labels = inputs.long().to(world.device), labels.long().to(world.device)
-            sync = micro == grad_accum - 1 or config.parallel != "ddp" or world.size == 1
-            with nullcontext() if sync else model.no_sync(), autocast:
+            # Gradients are reduced across processes on the last micro-step only.
+            last = micro == grad_accum - 1
+            if config.parallel == "fsdp" and world.size > 1:
+                model.set_requires_gradient_sync(last)  # FSDP2's switch
+            skip_sync = not last and config.parallel == "ddp" and world.size > 1
+            with model.no_sync() if skip_sync else nullcontext(), autocast:
                 logits = trainable(input_ids=inputs).logits
                 total, _, right = weighted_token_loss(logits, labels, weights.to(world.device))
             # DDP and FSDP average gradients over processes; sum/T per process times the world
@@ -117,7 +121,7 @@ def _train(
         if not math.isfinite(loss):
             last = checkpoint.latest(out)
             raise TrainingError(
-                f"the loss became {loss} at step {step}; stopped without updating the model. "
+                f"the loss became {loss} at step {step + 1}; stopped without updating the model. "
                 f"Last good checkpoint: {last or 'none yet'}"
             )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad))
