@@ -137,7 +137,7 @@ def nll_by_role(model_dir: Path, records: Path) -> tuple[float, float]:
     """Mean NLL of the assistant's tokens and of the user's, over the records."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.data import render_conversation
+    from training.samples import render_conversation
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from training.config import ConfigError, TrainConfig, load_config, parse_overrides
-from training.data import DataError, pack_pretraining, pack_sft, render_conversation
 from training.loss import IGNORE_INDEX, weighted_token_loss
+from training.samples import DataError, pack_pretraining, pack_sft, render_conversation
 from training.schedule import adaptive_lr, cosine_lr
 
 # Recipes -------------------------------------------------------------------------------------

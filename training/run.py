@@ -9,7 +9,7 @@ from typing import Any
 
 from training.checkpoint import CheckpointError
 from training.config import ConfigError, load_config
-from training.data import DataError
+from training.samples import DataError
 from training.trainer import TrainingError, train
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)

@@ -24,9 +24,9 @@ import torch
 
 from training import checkpoint
 from training.config import TrainConfig
-from training.data import DataError, Samples, pack_pretraining, pack_sft
 from training.distributed import World, join, leave, unwrap, wrap
 from training.loss import IGNORE_INDEX, weighted_token_loss
+from training.samples import DataError, Samples, pack_pretraining, pack_sft
 from training.schedule import adaptive_lr, cosine_lr
 
 # Fields that may change between a run and its resumption: where and how often it reports.
@@ -292,11 +292,10 @@ def autocast_context(config: TrainConfig, world: World) -> Any:
 def model_identity(config: TrainConfig) -> dict[str, Any]:
     """What the run started from, for refusing to resume a different model's checkpoints."""
     if config.model:
-        from quantize.source import sha256_files
-
         model = Path(config.model)
-        return {"model": str(model.resolve()), "sha256": sha256_files(
-            [model / "config.json", *sorted(model.glob("*.safetensors"))])}  # fmt: skip
+        files = [model / "config.json", *sorted(model.glob("*.safetensors"))]
+        hashes = {file.name: checkpoint.sha256(file) for file in files if file.is_file()}
+        return {"model": str(model.resolve()), "sha256": hashes}
     return {"model": None, "model_config": config.model_config}
 
 
