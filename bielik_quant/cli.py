@@ -387,6 +387,185 @@ def train(
         raise typer.Exit(code)
 
 
+data_app = typer.Typer(
+    help="The pretraining data pipeline: clean, anonymize, features, train-quality, filter.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+SourceArgument = Annotated[
+    Path, typer.Argument(help="A .txt, .jsonl or .parquet file, or a directory of them.")
+]
+OutOption = Annotated[Path, typer.Option(help="Output directory (shards + summary.json).")]
+TextFieldOption = Annotated[
+    str, typer.Option(help="The text's field (.jsonl) or column (.parquet).")
+]
+ShardOption = Annotated[int, typer.Option(min=1, help="Documents per shard.")]
+ProcOption = Annotated[int, typer.Option(min=1, help="Worker processes, one shard each.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace --out if it exists.")]
+
+
+def _run_data_step(
+    step: object, source: Path, out: Path, text_field: str, shard_size: int, num_proc: int,
+    overwrite: bool,
+) -> None:  # fmt: skip
+    from training.data.pipeline import run_step
+
+    with progress() as bar:
+        task = bar.add_task(f"{source.name} → {out.name}", total=None)
+        summary = run_step(
+            step, source, out, text_field, shard_size, num_proc, overwrite,  # type: ignore[arg-type]
+            on_shard=lambda result: bar.update(task, advance=result.documents_in),
+        )  # fmt: skip
+    table = Table(
+        title=f"{summary['documents_in']:,} documents in, {summary['documents_out']:,} out"
+    )
+    table.add_column("what changed")
+    table.add_column("count", justify="right")
+    for name, count in summary["counts"].items():
+        table.add_row(name, f"{count:,}")
+    output.print(table)
+    output.print(str(out), highlight=False)
+
+
+@data_app.command("clean")
+def data_clean(
+    source: SourceArgument,
+    out: OutOption,
+    rules: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated rules to run (default: all): encoding, unicode, control, html, "
+            "boilerplate, repeated, whitespace."
+        ),
+    ] = "",
+    skip: Annotated[str, typer.Option(help="Comma-separated rules not to run.")] = "",
+    text_field: TextFieldOption = "text",
+    shard_size: ShardOption = 1000,
+    num_proc: ProcOption = 1,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Repair encoding, normalise, strip HTML, boilerplate, repeats and extra whitespace."""
+    from functools import partial
+
+    from training.data.clean import select_rules
+    from training.data.pipeline import clean_step
+
+    chosen = tuple(n for n in rules.split(",") if n)
+    skipped = tuple(n for n in skip.split(",") if n)
+    try:
+        select_rules(chosen or None, skipped)
+    except ValueError as err:
+        fail(str(err))
+    step = partial(clean_step, rules=chosen, skip=skipped)
+    _run_data_step(step, source, out, text_field, shard_size, num_proc, overwrite)
+
+
+@data_app.command("anonymize")
+def data_anonymize(
+    source: SourceArgument,
+    out: OutOption,
+    text_field: TextFieldOption = "text",
+    shard_size: ShardOption = 1000,
+    num_proc: ProcOption = 1,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Replace e-mails, URLs, phones, addresses, PESEL and IBAN/NRB with [TYPE] placeholders."""
+    from training.data.pipeline import anonymise_step
+
+    _run_data_step(anonymise_step, source, out, text_field, shard_size, num_proc, overwrite)
+
+
+@data_app.command("features")
+def data_features(
+    source: SourceArgument,
+    out: OutOption,
+    morphology: Annotated[
+        bool, typer.Option(help="Grammatical shares from morfeusz2 (slower).")
+    ] = True,
+    text_field: TextFieldOption = "text",
+    shard_size: ShardOption = 1000,
+    num_proc: ProcOption = 1,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Stylometric features per document (names and definitions: training/data/features.py)."""
+    from functools import partial
+
+    from training.data.pipeline import features_step
+
+    step = partial(features_step, morphology=morphology)
+    _run_data_step(step, source, out, text_field, shard_size, num_proc, overwrite)
+
+
+@data_app.command("train-quality")
+def data_train_quality(
+    out: Annotated[Path, typer.Option(help="Directory for the classifier and its report.")],
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="Labelled .jsonl/.parquet (default: our corpus's quality set)."),
+    ] = None,
+    label_field: Annotated[str, typer.Option(help="The HIGH/MEDIUM/LOW field.")] = "label",
+    text_field: TextFieldOption = "text",
+    folds: Annotated[int, typer.Option(min=2, help="Stratified cross-validation folds.")] = 5,
+    morphology: Annotated[bool, typer.Option(help="Use the morfeusz2 features.")] = True,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Train the XGBoost quality classifier; report precision, recall, F1 and a confusion plot."""
+    from calibration_data import load_records
+    from training.data.pipeline import read_documents
+    from training.data.quality import plot_confusion, train_quality
+
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it")
+    records = list(read_documents(source, text_field)) if source else load_records("quality")
+    missing = [r.get("id", i) for i, r in enumerate(records) if label_field not in r]
+    if missing:
+        fail(f"{len(missing)} records have no {label_field!r} field, e.g. {missing[0]}")
+    with console.status(f"features and {folds}-fold validation on {len(records)} documents"):
+        model = train_quality(
+            [r[text_field] for r in records], [r[label_field] for r in records],
+            folds=folds, morphology=morphology,
+        )  # fmt: skip
+    model.save(out)
+    plot_confusion(model.metrics, out / "confusion.png")
+    table = Table(title=f"out-of-fold, {folds} folds, {len(records)} documents")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right")
+    for label, row in model.metrics["per_class"].items():
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))  # fmt: skip
+    output.print(table)
+    output.print(
+        f"accuracy {model.metrics['accuracy']:.3f} (majority baseline "
+        f"{model.metrics['majority_baseline']:.3f}); wrote {out}",
+        highlight=False,
+    )
+
+
+@data_app.command("filter")
+def data_filter(
+    source: SourceArgument,
+    model: Annotated[Path, typer.Option(help="A classifier from `data train-quality`.")],
+    out: OutOption,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Keep documents with P(HIGH) above this.")
+    ] = 0.9,
+    text_field: TextFieldOption = "text",
+    shard_size: ShardOption = 1000,
+    num_proc: ProcOption = 1,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Keep the documents the quality classifier rates HIGH with probability above --threshold."""
+    from functools import partial
+
+    from training.data.pipeline import filter_step
+    from training.data.quality import QualityModel
+
+    QualityModel.load(model)  # a wrong or stale classifier fails before any shard
+    step = partial(filter_step, model_dir=str(model), threshold=threshold)
+    _run_data_step(step, source, out, text_field, shard_size, num_proc, overwrite)
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     out: Annotated[Path, typer.Option(help="Directory to create for the checkpoint.")],
@@ -413,9 +592,14 @@ def user_errors() -> tuple[type[Exception], ...]:
     from bielik_quant.tokenizer_stats import TokenizerLoadError
     from eval_quant.errors import EvalError
     from quantize.errors import QuantizeError
+    from training.data.pipeline import PipelineError
+    from training.data.quality import QualityError
     from training.tokenizer import TokenizerTrainingError
 
-    return (CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError, EvalError)
+    return (
+        CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError, EvalError,
+        PipelineError, QualityError,
+    )  # fmt: skip
 
 
 def fail(message: str) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,16 @@ def test_a_conversation_longer_than_seq_len_is_named(tokenizer: Any, tmp_path: P
                                           {"role": "assistant", "content": "ok"}]}  # fmt: skip
     with pytest.raises(DataError, match=r"record long: .* longer than seq_len"):
         pack_sft(tokenizer, [record], {"high": 1.0}, 16, tmp_path)
+
+
+def test_a_data_pipeline_output_directory_is_a_pretraining_source(tmp_path: Path) -> None:
+    from training.trainer import pretraining_texts
+
+    for index, texts in enumerate((["Pierwszy.", "Drugi."], ["Trzeci."])):
+        shard = tmp_path / f"shard-{index:05d}.jsonl"
+        shard.write_text("".join(json.dumps({"id": t, "text": t}) + "\n" for t in texts))
+    (tmp_path / "summary.json").write_text("{}")
+    assert pretraining_texts(str(tmp_path), "train") == ["Pierwszy.", "Drugi.", "Trzeci."]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"holds no \.txt"):
+        pretraining_texts(str(tmp_path / "empty"), "train")

@@ -212,7 +212,7 @@ def prepare_samples(config: TrainConfig, tokenizer: Any, directory: Path, world:
 
 
 def build_samples(config: TrainConfig, tokenizer: Any, directory: Path) -> Samples:
-    from calibration_data import BUILTIN, load, load_records
+    from calibration_data import load_records
 
     if config.task == "sft":
         records = []
@@ -221,10 +221,7 @@ def build_samples(config: TrainConfig, tokenizer: Any, directory: Path) -> Sampl
         return pack_sft(tokenizer, records, config.quality_weights, config.seq_len, directory)
     if config.task != "pretrain":
         raise TrainingError(f"task must be 'pretrain' or 'sft', got {config.task!r}")
-    sources = []
-    for source in config.data:
-        texts = load(source, split=config.data_split if source == BUILTIN else None).texts
-        sources.append((source, texts))
+    sources = [(source, pretraining_texts(source, config.data_split)) for source in config.data]
     if config.data_weights and len(config.data_weights) != len(config.data):
         raise TrainingError(
             f"data_weights has {len(config.data_weights)} values for {len(config.data)} sources"
@@ -232,6 +229,22 @@ def build_samples(config: TrainConfig, tokenizer: Any, directory: Path) -> Sampl
     return pack_pretraining(
         tokenizer, sources, config.data_weights, config.seq_len, directory, config.seed
     )
+
+
+def pretraining_texts(source: str, split: str) -> list[str]:
+    """A source's documents: our corpus (its `split`), a text file, or a directory of them
+    (the shards `bielik-quant data` writes; its summary.json is not a document file)."""
+    from calibration_data import BUILTIN, load
+
+    if source == BUILTIN:
+        return load(source, split=split).texts
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl", ".parquet"))
+        if not files:
+            raise DataError(f"{path} holds no .txt, .jsonl or .parquet files")
+        return [text for file in files for text in load(str(file)).texts]
+    return load(source).texts
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""The pretraining data pipeline: cleanup, anonymisation, stylometric features, quality filter."""
