@@ -9,10 +9,11 @@ from typing import Any
 
 from training.checkpoint import CheckpointError
 from training.config import ConfigError, load_config
+from training.data.pipeline import PipelineError
 from training.samples import DataError
 from training.trainer import TrainingError, train
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, PipelineError)
 
 
 def run(recipe: str, overrides: Sequence[str], resume: bool = False, stop_after: int = 0) -> int:

@@ -249,16 +249,11 @@ def pretraining_texts(source: str, split: str) -> list[str]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """SFT records, one JSON object per line, as our corpus's sft/*.jsonl files hold them."""
+    from training.data.pipeline import read_jsonl as lines
+
     if not path.is_file():
         raise DataError(f"{path} does not exist (SFT data: 'sft' or a .jsonl file)")
-    records = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number} is not JSON ({err.msg})") from err
-    return records
+    return [record for _, record in lines(path)]
 
 
 def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:

@@ -63,22 +63,29 @@ def read_documents(source: Path, text_field: str = "text") -> Iterator[dict[str,
             yield from _read_parquet(path, text_field)
 
 
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line; a bad line is named by file and number."""
+    try:
+        with path.open(encoding="utf-8", errors="strict") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise PipelineError(f"{path}:{number} is not JSON ({err.msg})") from err
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path} is not UTF-8 text ({err.reason})") from err
+
+
 def _read_jsonl(path: Path, text_field: str) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8", errors="strict") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PipelineError(f"{path}:{number} is not JSON ({err.msg})") from err
-            if not isinstance(record.get(text_field), str):
-                fields = ", ".join(record) if isinstance(record, dict) else "none"
-                raise PipelineError(
-                    f"{path}:{number} has no text field {text_field!r} (fields: {fields}); "
-                    "choose it with --text-field"
-                )
-            yield record
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            fields = ", ".join(record) if isinstance(record, dict) else "none"
+            raise PipelineError(
+                f"{path}:{number} has no text field {text_field!r} (fields: {fields}); "
+                "choose it with --text-field"
+            )
+        yield record
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[dict[str, Any]]:
