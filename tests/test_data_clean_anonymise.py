@@ -220,3 +220,26 @@ def test_features_command_writes_every_feature(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "shard-00000.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["a", "b"]
     assert list(rows[0])[1:] == feature_names() and rows[0]["word_count"] == 6
+
+
+def test_unreadable_files_are_named(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "table.parquet"
+    pq.write_table(pa.table({"body": ["Ala ma kota."]}), table)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Zażółć".encode("cp1250"))
+    cases = [(table, "has no column 'text' (columns: body)"), (broken, "not a readable Parquet"),
+             (latin, "is not UTF-8 text")]  # fmt: skip
+    for source, message in cases:
+        out = tmp_path / f"out-{source.stem}"
+        result = invoke("data", "clean", str(source), "--out", str(out))
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert not out.exists() and not out.with_name(f".{out.name}.partial").exists()
+    result = invoke(
+        "data", "clean", str(table), "--out", str(tmp_path / "ok"), "--text-field", "body"
+    )
+    assert result.returncode == 0, result.stderr

@@ -212,6 +212,10 @@ def test_cli_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
     args = ["train", "tiny-sft", f"model={tmp_path}", f"tokenizer={tiny_tokenizer}"]
     result = invoke(*args, f"data=[{empty}]", f"out={tmp_path / 'o'}")
     assert result.returncode == 1 and "no SFT records" in result.stderr, result.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": []}\nnot json\n')
+    result = invoke(*args, f"data=[{broken}]", f"out={tmp_path / 'p'}")
+    assert result.returncode == 1 and "broken.jsonl:2 is not JSON" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
