@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
-from quantize.errors import UnknownFormatError
+from quantize.errors import UnknownFormatError, UnknownVariantError
 
 if TYPE_CHECKING:
     from calibration_data import Calibration
@@ -113,6 +113,23 @@ class Format(Protocol):
     def open(self, artifact: Path, n_ctx: int = 4096) -> Runner:
         """Load an artifact for sequences of up to `n_ctx` tokens."""
         ...
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+V = TypeVar("V", bound=_Named)
+
+
+def find_variant(format_name: str, variants: Sequence[V], name: str) -> V:
+    """The variant called `name`, or UnknownVariantError listing the valid ones."""
+    for variant in variants:
+        if variant.name == name:
+            return variant
+    valid = ", ".join(v.name for v in variants)
+    raise UnknownVariantError(f"unknown {format_name} variant {name!r}; valid: {valid}")
 
 
 def format_names() -> list[str]:

@@ -55,7 +55,28 @@ class HFText:
         return lengths
 
 
-class TransformersRunner:
+class HFTextRunner:
+    """The tokenizer side of the Runner contract, for every runner whose artifact carries Hugging
+    Face tokenizer files: a subclass sets `self.text` and says how wide its logits are."""
+
+    text: HFText
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.text.bos_token_id
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.text.tokenize(text)
+
+    def token_bytes(self) -> np.ndarray:
+        return self.text.token_bytes(self.vocab_size)
+
+
+class TransformersRunner(HFTextRunner):
     """The Runner contract over a transformers causal LM: the checkpoint at `path`, or `model`
     when another library has already loaded it (hqq), with the tokenizer files at `path`."""
 
@@ -83,16 +104,6 @@ class TransformersRunner:
     def vocab_size(self) -> int:
         """The width of the logits (the config's vocabulary, padding included)."""
         return int(self.model.get_output_embeddings().weight.shape[0])
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.text.bos_token_id
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.text.tokenize(text)
-
-    def token_bytes(self) -> np.ndarray:
-        return self.text.token_bytes(self.vocab_size)
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         import torch

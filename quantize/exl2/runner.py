@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize.transformers_runner import HFText
+from quantize.transformers_runner import HFText, HFTextRunner
 
 
-class Exl2Runner:
+class Exl2Runner(HFTextRunner):
     def __init__(self, artifact: Path, n_ctx: int = 4096) -> None:
         from exllamav2 import ExLlamaV2, ExLlamaV2Cache, ExLlamaV2Config
 
@@ -26,16 +26,6 @@ class Exl2Runner:
     @property
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.text.bos_token_id
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.text.tokenize(text)
-
-    def token_bytes(self) -> np.ndarray:
-        return self.text.token_bytes(self.vocab_size)
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         import torch

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from quantize.artifact import Artifact, base_manifest, now, plan_outputs, publish, staged
-from quantize.errors import MissingDependencyError, QuantizeError, UnknownVariantError
+from quantize.errors import MissingDependencyError, QuantizeError
 from quantize.quiet import library_output, silently_import
-from quantize.registry import ExportRequest, Progress
+from quantize.registry import ExportRequest, Progress, find_variant
 from quantize.source import stored_tensors
 from quantize.transformers_runner import TransformersRunner, torch_threads
 from quantize.windows import token_windows, tokenize_for_windows
@@ -75,12 +75,7 @@ class _GPTQModelFormat:
             )
 
     def variant(self, name: str) -> Variant:
-        for variant in self._variants:
-            if variant.name == name:
-                return variant
-        raise UnknownVariantError(
-            f"unknown {self.name} variant {name!r}; valid: {', '.join(self.variants())}"
-        )
+        return find_variant(self.name, self._variants, name)
 
     def open(self, artifact: Path, n_ctx: int = 4096) -> TransformersRunner:
         # transformers imports gptqmodel to build the quantized layers; import it first, so its

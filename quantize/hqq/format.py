@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from quantize.artifact import Artifact, base_manifest, now, plan_outputs, publish, staged
-from quantize.errors import MissingDependencyError, QuantizeError, UnknownVariantError
-from quantize.registry import ExportRequest, Progress, stage
+from quantize.errors import MissingDependencyError, QuantizeError
+from quantize.registry import ExportRequest, Progress, find_variant, stage
 from quantize.transformers_runner import torch_threads
 
 REQUIRED_MODULES = ("hqq", "torch", "transformers", "accelerate", "safetensors")
@@ -67,12 +67,7 @@ class HQQ:
             )
 
     def variant(self, name: str) -> Variant:
-        for variant in VARIANTS:
-            if variant.name == name:
-                return variant
-        raise UnknownVariantError(
-            f"unknown hqq variant {name!r}; valid: {', '.join(self.variants())}"
-        )
+        return find_variant(self.name, VARIANTS, name)
 
     def open(self, artifact: Path, n_ctx: int = 4096) -> Any:
         self.check()

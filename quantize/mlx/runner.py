@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from quantize.transformers_runner import HFText
+from quantize.transformers_runner import HFText, HFTextRunner
 
 
-class MLXRunner:
+class MLXRunner(HFTextRunner):
     def __init__(self, path: Path, n_ctx: int = 4096) -> None:
         from mlx_lm import load
 
@@ -33,16 +33,6 @@ class MLXRunner:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.text.bos_token_id
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.text.tokenize(text)
-
-    def token_bytes(self) -> np.ndarray:
-        return self.text.token_bytes(self.vocab_size)
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         import mlx.core as mx
