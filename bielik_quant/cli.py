@@ -512,7 +512,7 @@ def data_train_quality(
 ) -> None:
     """Train the XGBoost quality classifier; report precision, recall, F1 and a confusion plot."""
     from calibration_data import load_records
-    from training.data.pipeline import read_documents
+    from training.data.pipeline import read_documents, staged_output
     from training.data.quality import plot_confusion, train_quality
 
     if out.exists() and not overwrite:
@@ -526,8 +526,9 @@ def data_train_quality(
             [r[text_field] for r in records], [r[label_field] for r in records],
             folds=folds, morphology=morphology,
         )  # fmt: skip
-    model.save(out)
-    plot_confusion(model.metrics, out / "confusion.png")
+    with staged_output(out, overwrite) as staging:  # never a new model beside old metadata
+        model.save(staging)
+        plot_confusion(model.metrics, staging / "confusion.png")
     table = Table(title=f"out-of-fold, {folds} folds, {len(records)} documents")
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")

@@ -4,17 +4,19 @@ Input is a `.txt` file (one document), a `.jsonl` file (one record per line, the
 `text_field`), a `.parquet` file (a `text_field` column), or a directory of such files. Documents
 are cut into shards of `shard_size`; each shard is processed by the same function in a worker
 process (`num_proc`), so a distributed engine could map that function later. Each output shard is
-`<out>/shard-NNNNN.jsonl`, written to a temporary name and renamed; `summary.json`, written last,
-says what each step removed or changed, and its presence means the output is complete.
+`<out>/shard-NNNNN.jsonl`; `summary.json`, written last, says what each step removed or changed.
+The whole directory is filled under a hidden name and renamed into place when complete
+(`staged_output`), so `<out>` is always a whole output, the old or the new one, or absent.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 SUMMARY = "summary.json"
+NULL_TEXT = "null text skipped"
 
 
 class PipelineError(ValueError):
@@ -49,18 +52,37 @@ def input_files(source: Path) -> list[Path]:
     return [source]
 
 
-def read_documents(source: Path, text_field: str = "text") -> Iterator[dict[str, Any]]:
-    """Records with at least `text_field`; every record keeps its other fields."""
+def read_documents(
+    source: Path, text_field: str = "text", skipped: Counter[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Records whose `text_field` is a string; every record keeps its other fields.
+
+    A record whose text is null (a missing value in a Parquet column, `null` in JSON) is skipped
+    and counted in `skipped` under NULL_TEXT, for .jsonl and .parquet alike: real datasets carry
+    missing values, and one of them should not stop a run over millions of documents (datatrove's
+    readers drop them the same way). A missing field or a text of another type means the wrong
+    field was chosen, so that is refused, naming the file and the line or row.
+    """
     for path in input_files(source):
         if path.suffix == ".txt":
             try:
                 yield {"id": path.stem, text_field: path.read_text("utf-8")}
             except UnicodeDecodeError as err:
                 raise PipelineError(f"{path} is not UTF-8 text ({err.reason})") from err
-        elif path.suffix == ".jsonl":
-            yield from _read_jsonl(path, text_field)
-        else:
-            yield from _read_parquet(path, text_field)
+            continue
+        read = _read_jsonl if path.suffix == ".jsonl" else _read_parquet
+        for where, record in read(path, text_field):
+            text = record[text_field]
+            if isinstance(text, str):
+                yield record
+            elif text is None:
+                if skipped is not None:
+                    skipped[NULL_TEXT] += 1
+            else:
+                raise PipelineError(
+                    f"{where}: {text_field!r} holds {type(text).__name__}, not text; "
+                    "choose the text field with --text-field"
+                )
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -77,31 +99,41 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         raise PipelineError(f"{path} is not UTF-8 text ({err.reason})") from err
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[dict[str, Any]]:
+def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
     for number, record in read_jsonl(path):
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        if not isinstance(record, dict) or text_field not in record:
             fields = ", ".join(record) if isinstance(record, dict) else "none"
             raise PipelineError(
                 f"{path}:{number} has no text field {text_field!r} (fields: {fields}); "
                 "choose it with --text-field"
             )
-        yield record
+        yield f"{path}:{number}", record
 
 
-def _read_parquet(path: Path, text_field: str) -> Iterator[dict[str, Any]]:
+def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise PipelineError(f"{path} is not a readable Parquet file ({err})") from err
-    if text_field not in table.schema_arrow.names:
+    schema = table.schema_arrow
+    if text_field not in schema.names:
         raise PipelineError(
-            f"{path} has no column {text_field!r} (columns: {', '.join(table.schema_arrow.names)});"
+            f"{path} has no column {text_field!r} (columns: {', '.join(schema.names)});"
             " choose it with --text-field"
         )
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise PipelineError(
+            f"{path}: column {text_field!r} holds {kind}, not text; choose it with --text-field"
+        )
+    row = 0
     for batch in table.iter_batches(batch_size=1024):
-        yield from batch.to_pylist()
+        for record in batch.to_pylist():
+            yield f"{path}, row {row}", record
+            row += 1
 
 
 def shards(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -130,41 +162,76 @@ def run_step(
     on_shard: Callable[[ShardResult], None] | None = None,
 ) -> dict[str, Any]:
     """Apply `step` to every shard of `source`, writing `out`; returns the summary."""
-    if out.exists() and not overwrite:
-        raise PipelineError(f"{out} already exists; pass --overwrite to replace it")
     input_files(source)  # a missing or unsupported input fails before `out` is touched
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    total = ShardResult(-1, 0, 0)
-    work = partial(_process_shard, step, text_field, staging)
-    try:
-        jobs = enumerate(shards(read_documents(source, text_field), shard_size))
+    skipped: Counter[str] = Counter()
+    with staged_output(out, overwrite) as staging:
+        jobs = enumerate(shards(read_documents(source, text_field, skipped), shard_size))
+        work = partial(_process_shard, step, text_field, staging)
         if num_proc > 1:
             with ProcessPoolExecutor(num_proc) as pool:
-                results = pool.map(work, jobs)
-                total = _collect(results, total, on_shard)
+                total = _collect(_in_order(pool, work, jobs, 2 * num_proc), on_shard)
         else:
-            total = _collect(map(work, jobs), total, on_shard)
+            total = _collect(map(work, jobs), on_shard)
         if total.documents_in == 0:
-            raise PipelineError(f"{source} holds no documents")
+            nulls = f" ({skipped[NULL_TEXT]} with null text skipped)" if skipped else ""
+            raise PipelineError(f"{source} holds no documents{nulls}")
+        total.counts.update(skipped)
         summary = {
-            "source": str(source), "documents_in": total.documents_in,
+            "source": str(source), "documents_in": total.documents_in + skipped.total(),
             "documents_out": total.documents_out, "counts": dict(sorted(total.counts.items())),
         }  # fmt: skip
         (staging / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
     return summary
 
 
-def _collect(
-    results: Iterable[ShardResult], total: ShardResult, on_shard: Callable | None
-) -> ShardResult:
+@contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """An empty hidden sibling of `out` to fill; on success it becomes `out`, on failure it goes.
+
+    The old `out` is renamed aside before the new one is renamed in and deleted only then, so at
+    every moment `out` is the whole old output, the whole new one, or absent (the same scheme as
+    quantize.artifact.staged, which this layer may not import). Leftovers of a killed run are
+    hidden (`.<name>.partial`, `.<name>.old`) and removed by the next run.
+    """
+    if out.exists() and not overwrite:
+        raise PipelineError(f"{out} already exists; pass --overwrite to replace it")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    trash = out.with_name(f".{out.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    if out.exists():
+        out.rename(trash)
+    staging.rename(out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _in_order(
+    pool: Executor, work: Callable[[Any], ShardResult], jobs: Iterable[Any], bound: int
+) -> Iterator[ShardResult]:
+    """`pool.map(work, jobs)` with at most `bound` jobs read and not yet returned.
+
+    Executor.map submits every job before the first result, and each job holds its shard's
+    records, so the whole corpus would sit in this process. Here the next shard is read only when
+    a slot is free; results still come back in the jobs' order, so the output is deterministic.
+    """
+    jobs = iter(jobs)
+    pending: deque[Future[ShardResult]] = deque()
+    while True:
+        while len(pending) < bound and (job := next(jobs, None)) is not None:
+            pending.append(pool.submit(work, job))
+        if not pending:
+            return
+        yield pending.popleft().result()
+
+
+def _collect(results: Iterable[ShardResult], on_shard: Callable | None) -> ShardResult:
+    total = ShardResult(-1, 0, 0)
     for result in results:
         total.documents_in += result.documents_in
         total.documents_out += result.documents_out
