@@ -68,6 +68,7 @@ def tokenizer_stats(
     """Tokens, characters per token and tokens per word, per language and tokenizer."""
     from bielik_quant.tokenizer_stats import group_by_language, load_encoder, measure
     from calibration_data import load
+    from quantize.artifact import atomic_write_text
 
     groups = group_by_language(load(text, split=split))
     encoders = {str(path): load_encoder(path) for path in tokenizer}
@@ -92,7 +93,7 @@ def tokenizer_stats(
     output.print(table)
     if json_out:
         payload = {"text": text, "split": split, "rows": [row.to_dict() for row in rows]}
-        json_out.write_text(json.dumps(payload, indent=1) + "\n", "utf-8")
+        atomic_write_text(json_out, json.dumps(payload, indent=1) + "\n")
         console.print(f"wrote {json_out}")
 
 
@@ -106,13 +107,18 @@ def train_tokenizer(
 ) -> None:
     """Train a SentencePiece BPE tokenizer (Mistral's kind) on the train split or a file."""
     from calibration_data import load
+    from quantize.artifact import staged
     from training.tokenizer import train_sentencepiece
 
     if out.exists():
         fail(f"{out} already exists; choose another --out or remove it")
     texts = load(text, split="train" if text == BUILTIN else None).texts
-    with console.status(f"training a {vocab_size}-piece tokenizer on {len(texts)} documents"):
-        train_sentencepiece(texts, out, vocab_size)
+    with (
+        console.status(f"training a {vocab_size}-piece tokenizer on {len(texts)} documents"),
+        staged(out, overwrite=False) as staging,
+    ):
+        staging.rmdir()  # train_sentencepiece creates its directory; staged() still cleans up
+        train_sentencepiece(texts, staging, vocab_size)
     console.print(f"wrote {out}")
 
 
@@ -576,15 +582,21 @@ def make_tiny_model(
     import tempfile
 
     from calibration_data import load
+    from quantize.artifact import staged
     from training.tiny_model import TinyMistral, build_tiny_mistral
     from training.tokenizer import train_sentencepiece
 
     if out.exists():
         fail(f"{out} already exists; choose another --out or remove it")
     texts = load(BUILTIN, split="train").texts
-    with tempfile.TemporaryDirectory() as tmp, console.status("training a tiny Mistral"):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        console.status("training a tiny Mistral"),
+        staged(out, overwrite=False) as staging,
+    ):
+        staging.rmdir()  # build_tiny_mistral creates its directory; staged() still cleans up
         tokenizer = train_sentencepiece(texts, Path(tmp) / "tokenizer", 4096)
-        build_tiny_mistral(tokenizer, texts, out, TinyMistral(train_steps=steps))
+        build_tiny_mistral(tokenizer, texts, staging, TinyMistral(train_steps=steps))
     output.print(f"{out}")
 
 

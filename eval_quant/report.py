@@ -13,8 +13,6 @@ import csv
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,7 +57,7 @@ EXPLANATIONS = (
 
 
 class ReportError(EvalError):
-    """A results file the report cannot use: the message names the file and what is wrong."""
+    """A results file the report cannot use, or an output folder that is not a report's."""
 
 
 @dataclass(frozen=True)
@@ -246,12 +244,23 @@ def _check_same(a: dict[str, Any], a_path: Path, b: dict[str, Any], b_path: Path
 def write_report(results: Results, out_dir: Path) -> dict[str, Path]:
     """Write report.md, report.csv, report.html and the plots into `out_dir`; their paths by kind.
 
-    Everything is made in a temporary folder inside `out_dir` and moved in at the end, report.html
-    last, so a failure leaves either the previous report or none, never a half-written one.
+    `out_dir` is the report's own directory, made whole in a hidden sibling and renamed into
+    place (quantize.artifact.staged, as artifacts are): an interrupted or failed run leaves the
+    previous report or none, never a mix of old and new files.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
-    try:
+    from quantize.artifact import staged
+
+    out_dir = Path(os.path.abspath(out_dir))  # `--out .` has no name to stage beside
+    if out_dir.exists():  # it is replaced whole, so it must hold nothing but a report
+        if not out_dir.is_dir():
+            raise ReportError(f"{out_dir} is a file; --out names the report's folder")
+        others = sorted({p.name for p in out_dir.iterdir()} - set(report_files()))
+        if others:
+            raise ReportError(
+                f"{out_dir} holds other files than a report ({', '.join(others[:3])}); "
+                "choose a new or empty --out"
+            )
+    with staged(out_dir, overwrite=True) as staging:
         plots = {name: staging / f"{name}.png" for name in PLOTS}
         _plot_kld_vs_bpw(results, plots["kld_vs_bpw"])
         _plot_ppl_vs_size(results, plots["ppl_vs_size"])
@@ -263,13 +272,12 @@ def write_report(results: Results, out_dir: Path) -> dict[str, Path]:
         files["html"] = staging / "report.html"
         html = _render("report.html.j2", context, plots={k: _data_uri(p) for k, p in plots.items()})
         files["html"].write_text(html, encoding="utf-8")
-        written = {}
-        for kind, path in files.items():  # dicts keep order: html is moved last
-            written[kind] = out_dir / path.name
-            os.replace(path, written[kind])
-        return written
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return {kind: out_dir / path.name for kind, path in files.items()}
+
+
+def report_files() -> list[str]:
+    """The names `write_report` writes."""
+    return [f"{name}.png" for name in PLOTS] + ["report.csv", "report.md", "report.html"]
 
 
 # --- the table ---------------------------------------------------------------------------------

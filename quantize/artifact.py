@@ -88,21 +88,31 @@ def staged(final: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    trash = final.with_name(f".{final.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)  # also what a run killed while swapping left
     if final.exists():
         # Move the old artifact aside first, so `final` is never a mix of old and new files.
-        trash = final.with_name(f".{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
         final.rename(trash)
-        staging.rename(final)
-        shutil.rmtree(trash)
-    else:
-        staging.rename(final)
+    staging.rename(final)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a hidden temporary sibling, then os.replace.
+
+    An interrupted write leaves the old file as it was and removes its temporary file.
+    """
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_text(text, "utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def library_versions(*names: str) -> dict[str, str]:

@@ -350,7 +350,43 @@ def test_a_failure_leaves_no_report_behind(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(report, "_plot_kld_distribution", broken)
     with pytest.raises(RuntimeError):
         write_report(results, out)
-    assert list(out.iterdir()) == []  # no report files, no staging folder left over
+    assert not out.exists()  # no report files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no staging left over
+
+
+@pytest.mark.parametrize("stop_at", [1, 2])
+def test_an_interrupted_replacement_is_the_old_report_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: int
+) -> None:
+    """Interrupted after the `stop_at`-th rename while a new report replaces an old one, `out`
+    holds the whole old report, the whole new one, or nothing: never a mix of the two."""
+    out = tmp_path / "out"
+    snapshot = lambda: {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}  # noqa: E731
+    write_report(load_results([save(fake_results(CANDIDATES[:3]), tmp_path / "old.json")]), out)
+    old = snapshot()
+    new_results = load_results([save(fake_results(CANDIDATES[3:6]), tmp_path / "new.json")])
+    calls = [0]
+
+    def interrupting(real: Any) -> Any:
+        def rename(*args: Any, **kwargs: Any) -> Any:
+            real(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] == stop_at:
+                raise KeyboardInterrupt
+
+        return rename
+
+    monkeypatch.setattr(os, "replace", interrupting(os.replace))
+    monkeypatch.setattr(os, "rename", interrupting(os.rename))
+    with pytest.raises(KeyboardInterrupt):
+        write_report(new_results, out)
+    monkeypatch.undo()
+    left = snapshot()
+    whole_new = set(left) == set(old) and not set(left.items()) & set(old.items())
+    assert left in (old, {}) or whole_new
+    # The next run finishes cleanly and leaves no hidden directories behind.
+    write_report(new_results, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "old.json", "out"]
 
 
 def test_zero_uncertainty_and_zero_kld(tmp_path: Path) -> None:
@@ -409,3 +445,14 @@ def test_html_renders_in_chromium(written: tuple[dict, dict[str, Path]]) -> None
             browser.close()
     external = [u for u in requests if not u.startswith(("file:", "data:"))]
     assert requests and not external
+
+
+def test_a_folder_with_other_files_is_refused_and_kept(tmp_path: Path) -> None:
+    """The report folder is replaced whole, so one holding anything else is not touched."""
+    results = load_results([save(fake_results(CANDIDATES[:2]), tmp_path / "results.json")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ReportError, match=r"notes\.txt"):
+        write_report(results, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
