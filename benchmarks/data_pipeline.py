@@ -6,6 +6,14 @@ with `--num-proc 1`, then with `--num-proc 2`, on the same input; the figure is 
 wall seconds, and the speed-up is the ratio of the two in the same run.
 
     python3 benchmarks/data_pipeline.py --documents 2000
+
+`--memory` measures instead the peak resident memory of one `data anonymize` run with two
+processes (GNU time's "Maximum resident set size", `/usr/bin/time -v`), on documents of about
+`--characters` characters each, with this working tree's code or, given `--revision`, that
+commit's (extracted with `git archive`), so two versions are measured on the same input:
+
+    python3 benchmarks/data_pipeline.py --memory --documents 20000 --characters 10000
+    python3 benchmarks/data_pipeline.py --memory --documents 20000 --revision f3c1b8c
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "data_pipeline.json"
+MEMORY_RESULT = REPO / "benchmarks" / "results" / "data_pipeline_memory.json"
 STEPS = {
     "clean": [],
     "anonymize": [],
@@ -34,7 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=2000)
     parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--memory", action="store_true", help="Peak RSS, not throughput.")
+    parser.add_argument("--characters", type=int, default=10000)
+    parser.add_argument("--revision", help="Measure this commit's code (default: the tree).")
     args = parser.parse_args()
+    if args.memory:
+        return memory(args)
 
     from calibration_data import load
 
@@ -73,6 +88,53 @@ def main() -> None:
     }
     RESULT.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     print(json.dumps(result, indent=2))
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak RSS of `data anonymize --num-proc 2`: the corpus held in memory shows up here."""
+    from calibration_data import load
+
+    corpus = load("pl-en").texts
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "docs.jsonl"
+        with source.open("w", encoding="utf-8") as out:
+            for i in range(args.documents):
+                text, j = "", i
+                while len(text) < args.characters:  # whole corpus documents, rotated per record
+                    text += corpus[j % len(corpus)] + "\n\n"
+                    j += 1
+                out.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
+        code = REPO
+        if args.revision:  # `python -m` imports from its working directory first
+            code = Path(work) / "code"
+            code.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.revision],
+                                     capture_output=True, check=True).stdout  # fmt: skip
+            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+        command = ["/usr/bin/time", "-v", sys.executable, "-m", "bielik_quant", "data",
+                   "anonymize", str(source), "--out", str(Path(work) / "out"), "--num-proc", "2",
+                   "--shard-size", str(args.shard_size)]  # fmt: skip
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=code)
+        seconds = time.monotonic() - started
+        if done.returncode:
+            sys.exit(done.stderr[-2000:])
+        peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
+        input_mib = source.stat().st_size / 2**20
+    row = {
+        "command": "python3 benchmarks/data_pipeline.py " + " ".join(sys.argv[1:]),
+        "code": args.revision or "working tree at " + subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "documents": args.documents, "shard_size": args.shard_size,
+        "input_mib": round(input_mib, 1), "peak_rss_mib": round(peak_kib / 1024, 1),
+        "wall_s": round(seconds, 1),
+    }  # fmt: skip
+    print(json.dumps(row, indent=2))
+    runs = json.loads(MEMORY_RESULT.read_text("utf-8")) if MEMORY_RESULT.exists() else []
+    MEMORY_RESULT.write_text(json.dumps([*runs, row], indent=2) + "\n", "utf-8")
 
 
 if __name__ == "__main__":
