@@ -69,6 +69,8 @@ def test_stop_and_resume_match_the_uninterrupted_run(
     assert losses(out) == losses(pretrained)  # the same numbers, not merely close
     ours, theirs = weights(out / "final"), weights(pretrained / "final")
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    for rng in (out / "checkpoints").glob("step-*/rng-rank*.pt"):  # plain data, no pickled code
+        assert isinstance(torch.load(rng, weights_only=True)["torch"], torch.Tensor)
 
 
 def test_the_final_checkpoint_is_what_export_reads(pretrained: Path, tmp_path: Path) -> None:
