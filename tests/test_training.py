@@ -65,6 +65,7 @@ def test_stop_and_resume_match_the_uninterrupted_run(
     assert not (out / "final").exists()
     with (out / "log.jsonl").open("a") as log:  # a step logged after the checkpoint, then a crash
         log.write(json.dumps({"step": 6, "loss": 0.0}) + "\n")
+        log.write('{"step": 7, "lo')  # that tore the next line
     assert train(config, resume=True) == out / "final"
     assert losses(out) == losses(pretrained)  # the same numbers, not merely close
     ours, theirs = weights(out / "final"), weights(pretrained / "final")

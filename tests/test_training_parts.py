@@ -248,3 +248,31 @@ def test_rng_state_loads_with_weights_only_and_restores_every_generator(tmp_path
     restore_rng(state)
     drawn = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
     assert drawn[:3] == expected[:3] and torch.equal(drawn[3], expected[3])
+
+
+def test_a_torn_last_log_line_is_dropped_and_the_log_rewritten_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from training.trainer import TrainingError, open_log
+
+    log = tmp_path / "log.jsonl"
+    whole = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
+    log.write_text(whole + '{"step": 7, "lo')  # the crash tore step 7's line
+    open_log(log, start=5).close()
+    assert log.read_text() == whole.replace(json.dumps({"step": 6, "loss": 1.0}) + "\n", "")
+    # A crash while rewriting leaves the old log as it was, not a truncated one.
+    log.write_text(whole)
+
+    def crash(*_: object) -> None:
+        raise OSError("crash")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="crash"):
+        open_log(log, start=2)
+    assert log.read_text() == whole
+    monkeypatch.undo()
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # damage before the end is not a crash's
+    with pytest.raises(TrainingError, match=r"log.jsonl:2 is not a log record"):
+        open_log(log, start=2)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -153,11 +154,28 @@ def _train(
 
 def open_log(path: Path, start: int) -> Any:
     """The JSONL log for appending, without the steps after `start` that a crash left behind
-    (a resumed run logs them again, as it takes them again)."""
+    (a resumed run logs them again, as it takes them again).
+
+    A crash mid-write leaves a torn last line; it is dropped like the other lost steps. The kept
+    lines are written to a sibling and renamed over the log, so a second crash here loses nothing.
+    """
     if path.is_file():
-        kept = [line for line in path.read_text("utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= start]  # fmt: skip
-        path.write_text("".join(line + "\n" for line in kept), "utf-8")
+        lines = path.read_text("utf-8").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"] if line.strip() else None
+            except (json.JSONDecodeError, TypeError, KeyError):
+                if number == len(lines):  # torn by the crash that stopped the run
+                    break
+                raise TrainingError(
+                    f"{path}:{number} is not a log record; move the log aside"
+                ) from None
+            if step is not None and step <= start:
+                kept.append(line + "\n")
+        staging = path.with_name(f".{path.name}.partial")
+        staging.write_text("".join(kept), "utf-8")
+        os.replace(staging, path)
     return path.open("a", encoding="utf-8")
 
 
