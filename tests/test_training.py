@@ -3,6 +3,8 @@ its output is a checkpoint the rest of bielik-quant reads."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -248,3 +250,43 @@ def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_pat
     weights_file.write_bytes(bytes(data))
     with pytest.raises(TrainingError, match="made from another starting model"):
         train(config, resume=True)
+
+
+def test_recipe_and_data_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
+    from training.run import run
+
+    args = ["train", "tiny-pretrain", f"tokenizer={tiny_tokenizer}", f"out={tmp_path / 'b'}"]
+    result = invoke(*args, "dtype=bf16")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: dtype must be one of float32, bfloat16, float16, got 'bf16'"]  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Dobry."}\n{"text": \n')
+    args = [f"tokenizer={tiny_tokenizer}", f"data=[{bad}]", f"out={tmp_path / 'o'}"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert run("tiny-pretrain", args) == 1  # as `python -m training` (torchrun) runs it
+    assert err.getvalue().splitlines() == [f"error: {bad}:2: invalid JSON (Expecting value)"]
+
+
+def test_errors_under_torchrun_are_one_line_per_process(
+    tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    """A bad data path (refused at load) and an empty SFT file (found by the main process while
+    the other waits for its samples): one line from each process, no traceback from either.
+    (torchrun itself then reports the failed processes, with its own launcher's traceback.)"""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cases = {"data=[nope.txt]": "error: data: nope.txt is neither",
+             f"data=[{empty}]": "error: "}  # fmt: skip
+    for data, expected in cases.items():
+        recipe = "tiny-sft" if "empty" in data else "tiny-pretrain"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "-m", "training", recipe, f"tokenizer={tiny_tokenizer}", data,
+                   f"out={tmp_path / 'o'}", "parallel=ddp"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode != 0
+        ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(ours) == 2 and all(line.startswith(expected) for line in ours), result.stderr
+        assert not [line for line in result.stderr.splitlines()
+                    if line.startswith("[rank") and "Traceback" in line], result.stderr  # fmt: skip

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from training import checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, pretrained_source
 from training.distributed import World, join, leave, unwrap, wrap
 from training.loss import IGNORE_INDEX, weighted_token_loss
 from training.samples import DataError, Samples, pack_pretraining, pack_sft
@@ -57,8 +57,10 @@ def _train(
     config: TrainConfig, resume: bool, stop_after: int, world: World, on_step: Any
 ) -> Path | None:
     out = Path(config.out)
-    tokenizer = load_tokenizer(config)
+    if world.size > 1 and config.parallel == "none":
+        raise TrainingError(f"{world.size} processes need parallel=ddp or parallel=fsdp")
     grad_accum = batch_split(config, world)
+    tokenizer = load_tokenizer(config)
     samples = prepare_samples(config, tokenizer, out / "data", world)
     steps = (
         config.max_steps
@@ -208,10 +210,21 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
 def load_tokenizer(config: TrainConfig) -> Any:
     from transformers import AutoTokenizer
 
-    source = config.tokenizer or config.model
-    if not source:
+    field = "tokenizer" if config.tokenizer else "model"
+    if not getattr(config, field):
         raise TrainingError("the recipe names neither a model nor a tokenizer")
-    return AutoTokenizer.from_pretrained(source)
+    return from_pretrained(AutoTokenizer, field, getattr(config, field))
+
+
+def from_pretrained(loader: Any, field: str, value: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` on a local directory, or on the hub for hf:ORG/NAME only."""
+    name, hub = pretrained_source(value)
+    where = "from the Hugging Face hub" if hub else "(a local directory)"
+    try:
+        return loader.from_pretrained(name, local_files_only=not hub, **kwargs)
+    except (OSError, ValueError) as err:  # transformers' "not found" / "does not appear to have"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"{field} {value} {where} cannot be loaded: {first}") from err
 
 
 def prepare_samples(config: TrainConfig, tokenizer: Any, directory: Path, world: World) -> Samples:
@@ -221,11 +234,20 @@ def prepare_samples(config: TrainConfig, tokenizer: Any, directory: Path, world:
         {k: getattr(config, k) for k in ("task", "data", "data_weights", "data_split", "seq_len",
                                          "quality_weights", "seed")}, default=list,
     )  # fmt: skip
+    error = None
     if world.main and not (stamp.is_file() and stamp.read_text("utf-8") == wanted):
         shutil.rmtree(directory, ignore_errors=True)
-        build_samples(config, tokenizer, directory)
-        stamp.write_text(wanted, "utf-8")  # last: its presence means the samples are complete
-    world.barrier()
+        try:
+            build_samples(config, tokenizer, directory)
+            stamp.write_text(wanted, "utf-8")  # last: its presence means the samples are complete
+        except Exception as err:  # raised below, once the other processes know
+            error = err
+    # The barrier, carrying whether the main process failed: no process waits for it in vain.
+    (failed,) = world.all_sum([float(error is not None)])
+    if error is not None:
+        raise error
+    if failed:
+        raise DataError("the main process could not build the samples (its error says why)")
     return Samples.open(directory)
 
 
@@ -237,13 +259,7 @@ def build_samples(config: TrainConfig, tokenizer: Any, directory: Path) -> Sampl
         for source in config.data:
             records += load_records("sft") if source == "sft" else read_jsonl(Path(source))
         return pack_sft(tokenizer, records, config.quality_weights, config.seq_len, directory)
-    if config.task != "pretrain":
-        raise TrainingError(f"task must be 'pretrain' or 'sft', got {config.task!r}")
     sources = [(source, pretraining_texts(source, config.data_split)) for source in config.data]
-    if config.data_weights and len(config.data_weights) != len(config.data):
-        raise TrainingError(
-            f"data_weights has {len(config.data_weights)} values for {len(config.data)} sources"
-        )
     return pack_pretraining(
         tokenizer, sources, config.data_weights, config.seq_len, directory, config.seed
     )
@@ -279,9 +295,10 @@ def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
     if config.model:
-        return AutoModelForCausalLM.from_pretrained(
-            config.model, dtype=torch.float32, attn_implementation="sdpa"
-        )
+        return from_pretrained(
+            AutoModelForCausalLM, "model", config.model, dtype=torch.float32,
+            attn_implementation="sdpa",
+        )  # fmt: skip
     model_config = MistralConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -317,6 +334,8 @@ def autocast_context(config: TrainConfig, world: World) -> Any:
 
 def model_identity(config: TrainConfig) -> dict[str, Any]:
     """What the run started from, for refusing to resume a different model's checkpoints."""
+    if pretrained_source(config.model)[1]:  # hf:ORG/NAME: the hub keeps its files
+        return {"model": config.model}
     if config.model:
         model = Path(config.model)
         files = [model / "config.json", *sorted(model.glob("*.safetensors"))]
