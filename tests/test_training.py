@@ -17,6 +17,7 @@ import torch
 from tests.cli import invoke
 from training.checkpoint import CheckpointError
 from training.config import TrainConfig, load_config
+from training.samples import DataError
 from training.trainer import TrainingError, train
 
 STEPS = 12  # the tiny model's loss falls by about one nat in 12 steps
@@ -250,6 +251,30 @@ def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_pat
     weights_file.write_bytes(bytes(data))
     with pytest.raises(TrainingError, match="made from another starting model"):
         train(config, resume=True)
+
+
+def test_data_smaller_than_one_global_batch_is_refused_before_the_model(
+    tiny_tokenizer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's bielik-7b-cpt command on our corpus: fewer 4096-token blocks than the 256 of
+    one global batch. Refused with the counts before a 7B model is built, in both step modes."""
+    import training.trainer
+
+    def no_model(*_: object) -> None:
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(training.trainer, "build_model", no_model)
+    base = [f"tokenizer={tiny_tokenizer}", "parallel=none", "compile=false"]
+    for steps in ("max_steps=17350", "epochs=1"):
+        config = load_config("bielik-7b-cpt", [*base, steps, f"out={tmp_path / steps}"])
+        with pytest.raises(DataError, match=r"gives \d+ pretrain samples, fewer than one global "
+                           r"batch of 256; give more data or a smaller global_batch"):  # fmt: skip
+            train(config)
+    records = sft_records(tmp_path / "sft.jsonl")  # 8 conversations, a global batch of 16
+    config = load_config("tiny-sft", [f"tokenizer={tiny_tokenizer}", f"data=[{records}]",
+                                      "global_batch=16", f"out={tmp_path / 'sft'}"])  # fmt: skip
+    with pytest.raises(DataError, match="gives 8 sft samples, fewer than one global batch of 16"):
+        train(config)
 
 
 def test_recipe_and_data_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:

@@ -62,13 +62,13 @@ def _train(
     grad_accum = batch_split(config, world)
     tokenizer = load_tokenizer(config)
     samples = prepare_samples(config, tokenizer, out / "data", world)
-    steps = (
-        config.max_steps
-        if config.epochs == 0
-        else config.epochs * (len(samples) // config.global_batch)
-    )
-    if steps < 1:
-        raise DataError(f"{len(samples)} samples give no full batch of {config.global_batch}")
+    if len(samples) < config.global_batch:  # before the model: the data decides, not the recipe
+        raise DataError(
+            f"the data gives {len(samples)} {config.task} samples, fewer than one global batch "
+            f"of {config.global_batch}; give more data or a smaller global_batch"
+        )
+    per_epoch = len(samples) // config.global_batch
+    steps = config.max_steps if config.epochs == 0 else config.epochs * per_epoch
 
     torch.manual_seed(config.seed)
     model = build_model(config, tokenizer).to(world.device)
@@ -194,7 +194,7 @@ def batch_split(config: TrainConfig, world: World) -> int:
 
 def global_batch(samples: Samples, step: int, config: TrainConfig) -> list[np.ndarray]:
     """The step's sequences: a seeded permutation per epoch, so the order is the step's function."""
-    per_epoch = len(samples) // config.global_batch
+    per_epoch = len(samples) // config.global_batch  # >= 1: _train refuses smaller data
     epoch, offset = divmod(step, per_epoch)
     order = epoch_order(config.seed, epoch, len(samples))
     rows = np.sort(order[offset * config.global_batch : (offset + 1) * config.global_batch])
