@@ -226,14 +226,35 @@ def test_cli_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
 
 
 def test_gradient_checkpointing_changes_memory_not_results(
-    tiny_tokenizer: Path, tmp_path: Path
+    tiny_tokenizer: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    runs = []
+    """Same losses; and each decoder block runs twice per micro-batch (the second time in
+    backward, recomputing the activations it did not keep), which only checkpointing does."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    from transformers.models.mistral.modeling_mistral import MistralAttention
+
+    calls = 0
+
+    def count(module: torch.nn.Module, _: object) -> None:
+        # The block's attention, not the block: transformers checkpoints the block's forward, so
+        # hooks on the block itself stay outside and run once; what runs inside is run again.
+        nonlocal calls
+        calls += isinstance(module, MistralAttention)
+
+    hook = register_module_forward_pre_hook(count)
+    request.addfinalizer(hook.remove)
+    runs, counts = [], []
     for flag in ("false", "true"):
         out = tmp_path / flag
-        train(pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}"))
+        config = pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}")
+        calls = 0
+        train(config)
         runs.append(losses(out))
+        counts.append(calls)
     assert runs[0] == pytest.approx(runs[1], abs=1e-4)
+    layers = config.model_config["num_hidden_layers"]
+    micro_steps = 3 * config.global_batch // config.micro_batch
+    assert counts == [layers * micro_steps, 2 * layers * micro_steps]
 
 
 def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_path: Path) -> None:

@@ -72,8 +72,9 @@ def _train(
 
     torch.manual_seed(config.seed)
     model = build_model(config, tokenizer).to(world.device)
-    if config.grad_checkpointing:
-        model.gradient_checkpointing_enable()  # transformers' own, per decoder block
+    if config.grad_checkpointing:  # transformers' own, per decoder block; renamed in 5.x
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     model = wrap(model, config.parallel, world)
     trainable = compile_model(model, config)
     optimizer = make_optimizer(model, config, world)
