@@ -3,6 +3,8 @@ its output is a checkpoint the rest of bielik-quant reads."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ import torch
 from tests.cli import invoke
 from training.checkpoint import CheckpointError
 from training.config import TrainConfig, load_config
+from training.samples import DataError
 from training.trainer import TrainingError, train
 
 STEPS = 12  # the tiny model's loss falls by about one nat in 12 steps
@@ -65,10 +68,13 @@ def test_stop_and_resume_match_the_uninterrupted_run(
     assert not (out / "final").exists()
     with (out / "log.jsonl").open("a") as log:  # a step logged after the checkpoint, then a crash
         log.write(json.dumps({"step": 6, "loss": 0.0}) + "\n")
+        log.write('{"step": 7, "lo')  # that tore the next line
     assert train(config, resume=True) == out / "final"
     assert losses(out) == losses(pretrained)  # the same numbers, not merely close
     ours, theirs = weights(out / "final"), weights(pretrained / "final")
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    for rng in (out / "checkpoints").glob("step-*/rng-rank*.pt"):  # plain data, no pickled code
+        assert isinstance(torch.load(rng, weights_only=True)["torch"], torch.Tensor)
 
 
 def test_the_final_checkpoint_is_what_export_reads(pretrained: Path, tmp_path: Path) -> None:
@@ -220,14 +226,35 @@ def test_cli_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
 
 
 def test_gradient_checkpointing_changes_memory_not_results(
-    tiny_tokenizer: Path, tmp_path: Path
+    tiny_tokenizer: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    runs = []
+    """Same losses; and each decoder block runs twice per micro-batch (the second time in
+    backward, recomputing the activations it did not keep), which only checkpointing does."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    from transformers.models.mistral.modeling_mistral import MistralAttention
+
+    calls = 0
+
+    def count(module: torch.nn.Module, _: object) -> None:
+        # The block's attention, not the block: transformers checkpoints the block's forward, so
+        # hooks on the block itself stay outside and run once; what runs inside is run again.
+        nonlocal calls
+        calls += isinstance(module, MistralAttention)
+
+    hook = register_module_forward_pre_hook(count)
+    request.addfinalizer(hook.remove)
+    runs, counts = [], []
     for flag in ("false", "true"):
         out = tmp_path / flag
-        train(pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}"))
+        config = pretrain_config(tiny_tokenizer, out, "max_steps=3", f"grad_checkpointing={flag}")
+        calls = 0
+        train(config)
         runs.append(losses(out))
+        counts.append(calls)
     assert runs[0] == pytest.approx(runs[1], abs=1e-4)
+    layers = config.model_config["num_hidden_layers"]
+    micro_steps = 3 * config.global_batch // config.micro_batch
+    assert counts == [layers * micro_steps, 2 * layers * micro_steps]
 
 
 def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_path: Path) -> None:
@@ -245,3 +272,67 @@ def test_resume_from_another_starting_model_is_refused(tiny_model: Path, tmp_pat
     weights_file.write_bytes(bytes(data))
     with pytest.raises(TrainingError, match="made from another starting model"):
         train(config, resume=True)
+
+
+def test_data_smaller_than_one_global_batch_is_refused_before_the_model(
+    tiny_tokenizer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's bielik-7b-cpt command on our corpus: fewer 4096-token blocks than the 256 of
+    one global batch. Refused with the counts before a 7B model is built, in both step modes."""
+    import training.trainer
+
+    def no_model(*_: object) -> None:
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(training.trainer, "build_model", no_model)
+    base = [f"tokenizer={tiny_tokenizer}", "parallel=none", "compile=false"]
+    for steps in ("max_steps=17350", "epochs=1"):
+        config = load_config("bielik-7b-cpt", [*base, steps, f"out={tmp_path / steps}"])
+        with pytest.raises(DataError, match=r"gives \d+ pretrain samples, fewer than one global "
+                           r"batch of 256; give more data or a smaller global_batch"):  # fmt: skip
+            train(config)
+    records = sft_records(tmp_path / "sft.jsonl")  # 8 conversations, a global batch of 16
+    config = load_config("tiny-sft", [f"tokenizer={tiny_tokenizer}", f"data=[{records}]",
+                                      "global_batch=16", f"out={tmp_path / 'sft'}"])  # fmt: skip
+    with pytest.raises(DataError, match="gives 8 sft samples, fewer than one global batch of 16"):
+        train(config)
+
+
+def test_recipe_and_data_errors_are_one_line(tiny_tokenizer: Path, tmp_path: Path) -> None:
+    from training.run import run
+
+    args = ["train", "tiny-pretrain", f"tokenizer={tiny_tokenizer}", f"out={tmp_path / 'b'}"]
+    result = invoke(*args, "dtype=bf16")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: dtype must be one of float32, bfloat16, float16, got 'bf16'"]  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Dobry."}\n{"text": \n')
+    args = [f"tokenizer={tiny_tokenizer}", f"data=[{bad}]", f"out={tmp_path / 'o'}"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert run("tiny-pretrain", args) == 1  # as `python -m training` (torchrun) runs it
+    assert err.getvalue().splitlines() == [f"error: {bad}:2: invalid JSON (Expecting value)"]
+
+
+def test_errors_under_torchrun_are_one_line_per_process(
+    tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    """A bad data path (refused at load) and an empty SFT file (found by the main process while
+    the other waits for its samples): one line from each process, no traceback from either.
+    (torchrun itself then reports the failed processes, with its own launcher's traceback.)"""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cases = {"data=[nope.txt]": "error: data: nope.txt is neither",
+             f"data=[{empty}]": "error: "}  # fmt: skip
+    for data, expected in cases.items():
+        recipe = "tiny-sft" if "empty" in data else "tiny-pretrain"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "-m", "training", recipe, f"tokenizer={tiny_tokenizer}", data,
+                   f"out={tmp_path / 'o'}", "parallel=ddp"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode != 0
+        ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(ours) == 2 and all(line.startswith(expected) for line in ours), result.stderr
+        assert not [line for line in result.stderr.splitlines()
+                    if line.startswith("[rank") and "Traceback" in line], result.stderr  # fmt: skip

@@ -36,7 +36,8 @@ def test_paper_recipes_as_written() -> None:
 
 def test_overrides_are_parsed_by_the_field_type() -> None:
     config = load_config(
-        "tiny-pretrain", ["lr=1e-4", "max_steps=7", "betas=[0.8, 0.9]", "compile=true", "out=x"]
+        "tiny-pretrain",
+        ["lr=1e-4", "min_lr=1e-5", "max_steps=7", "betas=[0.8, 0.9]", "compile=true", "out=x"],
     )
     assert (config.lr, config.max_steps, config.betas, config.compile, config.out) == (
         1e-4, 7, (0.8, 0.9), True, "x")  # fmt: skip
@@ -224,3 +225,135 @@ def test_a_data_pipeline_output_directory_is_a_pretraining_source(tmp_path: Path
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no \.txt"):
         pretraining_texts(str(tmp_path / "empty"), "train")
+
+
+# Recipe values the trainer cannot run are refused while the recipe loads -----------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dtype=bf16"], "dtype must be one of float32, bfloat16, float16, got 'bf16'"),
+        (["parallel=fdsp"], "parallel must be one of none, ddp, fsdp, got 'fdsp'"),
+        (["task=finetune"], "task must be one of pretrain, sft, got 'finetune'"),
+        (["data_split=test"], "data_split must be one of train, calib, eval, got 'test'"),
+        (["micro_batch=0"], "micro_batch must be at least 1, got 0"),
+        (["max_steps=-3"], "max_steps must be at least 1, got -3"),
+        (["epochs=-1"], "epochs must be 0 or more, got -1"),
+        (["global_batch=6"], "global_batch 6 is not a multiple of micro_batch 4"),
+        (["lr=1e-4", "min_lr=1e-3"], "lr > 0 and lr >= min_lr >= 0, got lr=0.0001, min_lr=0.001"),
+        (["min_lr=-1e-5"], "lr >= min_lr >= 0"),
+        (["lr=.nan"], "lr >= min_lr >= 0"),
+        (["betas=[0.9, 1.0]"], r"betas must each lie in \[0, 1\), got \[0.9, 1.0\]"),
+        (["eps=0"], "eps must be above 0, got 0.0"),
+        (["clip_grad=-1"], "clip_grad must be above 0"),
+        (["weight_decay=-0.1"], "weight_decay must be 0 or more"),
+        (["quality_weights={high: 1.5}"], "quality_weights: high's weight 1.5 is not in"),
+        (["data=[]"], "data names no source"),
+        (["data=[pl-en, nope.txt]"], "data: nope.txt is neither the built-in pretrain set"),
+        (["task=sft", "data=[pl-en]"], r"data: pl-en is neither the built-in sft set \(sft\)"),
+        (["data_weights=[1, 2]"], "data_weights has 2 values for 1 sources"),
+        (["data_weights=[0]"], "data_weights must be positive"),
+        (["seed=-1"], "seed must be 0 or more"),
+    ],
+)
+def test_values_the_trainer_cannot_run_are_refused_at_load(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-pretrain", overrides)
+
+
+def test_a_recipe_is_checked_with_its_overrides_applied(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 1.0e-4\nmin_lr: 1.0e-3\n")  # wrong alone, fixed on the command line
+    assert load_config(recipe, ["min_lr=1e-5"]).min_lr == 1e-5
+    with pytest.raises(ConfigError, match="lr >= min_lr"):
+        load_config(recipe)
+
+
+def test_a_missing_local_model_is_named_not_downloaded(tmp_path: Path) -> None:
+    """A path that does not exist is an error, not a hub repository of that name; hf: is."""
+    missing = "mistralai/Mistral-7B-v0.1"  # a typo'd local path that is also a hub name
+    with pytest.raises(ConfigError, match=rf"model: {missing} is not a local directory .*hf:"):
+        load_config("tiny-pretrain", [f"model={missing}"])
+    with pytest.raises(ConfigError, match=r"tokenizer: .* is not a local directory"):
+        load_config("tiny-pretrain", [f"tokenizer={tmp_path / 'nope'}"])
+    assert load_config("tiny-pretrain", [f"model=hf:{missing}"]).model == f"hf:{missing}"
+    with pytest.raises(ConfigError, match="names no Hugging Face hub repository"):
+        load_config("tiny-pretrain", ["model=hf:/"])
+
+
+def test_from_pretrained_downloads_only_for_hf_names(
+    tiny_tokenizer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    from training.trainer import TrainingError, load_tokenizer
+
+    calls = []
+    real = AutoTokenizer.from_pretrained
+
+    def recording(name: str, **kwargs: Any) -> Any:
+        calls.append((name, kwargs.get("local_files_only", False)))
+        return real(name, **kwargs) if kwargs.get("local_files_only") else None
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", recording)
+    load_tokenizer(load_config("tiny-pretrain", [f"tokenizer={tiny_tokenizer}"]))
+    load_tokenizer(load_config("tiny-pretrain", ["tokenizer=hf:org/name"]))
+    assert calls == [(str(tiny_tokenizer), True), ("org/name", False)]
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", real)
+    with pytest.raises(TrainingError, match=rf"tokenizer {tmp_path} \(a local directory\) cannot"):
+        load_tokenizer(load_config("tiny-pretrain", [f"tokenizer={tmp_path}"]))
+
+
+# Checkpoints and logs ------------------------------------------------------------------------
+
+
+def test_rng_state_loads_with_weights_only_and_restores_every_generator(tmp_path: Path) -> None:
+    import random
+
+    from training.checkpoint import restore_rng, rng_state
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached Gaussian, part of the state, in both
+    np.random.standard_normal()
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)  # no arbitrary unpickling
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng(state)
+    drawn = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    assert drawn[:3] == expected[:3] and torch.equal(drawn[3], expected[3])
+
+
+def test_a_torn_last_log_line_is_dropped_and_the_log_rewritten_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from training.trainer import TrainingError, open_log
+
+    log = tmp_path / "log.jsonl"
+    whole = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7))
+    log.write_text(whole + '{"step": 7, "lo')  # the crash tore step 7's line
+    open_log(log, start=5).close()
+    assert log.read_text() == whole.replace(json.dumps({"step": 6, "loss": 1.0}) + "\n", "")
+    # A crash while rewriting leaves the old log as it was, not a truncated one.
+    log.write_text(whole)
+
+    def crash(*_: object) -> None:
+        raise OSError("crash")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="crash"):
+        open_log(log, start=2)
+    assert log.read_text() == whole
+    monkeypatch.undo()
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # damage before the end is not a crash's
+    with pytest.raises(TrainingError, match=r"log.jsonl:2 is not a log record"):
+        open_log(log, start=2)

@@ -4,6 +4,14 @@ Each field is defined once, here, with its type, default and meaning. The recipe
 `training/recipes/` and the command line (`bielik-quant train RECIPE lr=1e-4 max_steps=20`) only
 name fields; a name that is not a field is refused with the valid ones listed, and a value is
 parsed by the field's type. So there is no second copy of the options in argparse to drift apart.
+
+Every value is checked once, in `TrainConfig.__post_init__`, against what the trainer can run
+(known task, dtype and parallelism, positive counts, lr >= min_lr >= 0, existing data files), so a
+recipe that cannot run fails while it is loaded, with one line, before any process starts work.
+
+`model` and `tokenizer` are local directories unless written `hf:ORG/NAME`: only then may
+transformers download from the Hugging Face hub. A mistyped path is an error naming it, never a
+download of whatever hub repository happens to have that name.
 """
 
 from __future__ import annotations
@@ -15,21 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calibration_data import BUILTIN
+from calibration_data.manifest import CORPUS_SPLITS
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
+TASKS = ("pretrain", "sft")
+DTYPES = ("float32", "bfloat16", "float16")
+PARALLEL = ("none", "ddp", "fsdp")
+HUB = "hf:"  # model=hf:ORG/NAME: from the Hugging Face hub; anything else is a local directory
+SFT_BUILTIN = "sft"  # our corpus's SFT conversations
 
 
 class ConfigError(ValueError):
-    """A recipe or an override names an unknown field or gives a value of the wrong type."""
+    """A recipe or an override names an unknown field or gives a value the trainer cannot use."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # What is trained, on what.
     task: str = "pretrain"  # "pretrain" (packed documents) or "sft" (masked conversations)
-    model: str = ""  # an HF checkpoint directory to start from; "" builds `model_config` anew
+    # An HF checkpoint directory to start from, or hf:ORG/NAME to download it from the hub;
+    # "" builds `model_config` anew.
+    model: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)  # MistralConfig fields, from scratch
-    tokenizer: str = ""  # a tokenizer directory; "" takes the model's
-    data: tuple[str, ...] = ("pl-en",)  # sources: built-in corpus name or .txt/.jsonl/.parquet
+    tokenizer: str = ""  # a tokenizer directory (or hf:ORG/NAME); "" takes the model's
+    # Sources. pretrain: the built-in corpus "pl-en", .txt/.jsonl/.parquet files or directories of
+    # them; sft: "sft" (our conversations) or .jsonl files of {"messages": [...]} records.
+    data: tuple[str, ...] = ("pl-en",)
     data_weights: tuple[float, ...] = ()  # mixing ratio per source (pretrain); () is equal shares
     data_split: str = "train"  # split of the built-in corpus
     seq_len: int = 4096  # tokens per block (pretrain) or the longest sample (SFT)
@@ -64,6 +84,79 @@ class TrainConfig:
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2
 
+    def __post_init__(self) -> None:
+        """Refuse values the trainer cannot run, naming the field and what it accepts."""
+        for name, allowed in (("task", TASKS), ("dtype", DTYPES), ("parallel", PARALLEL),
+                              ("data_split", CORPUS_SPLITS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                _refuse(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("seq_len", "micro_batch", "global_batch", "max_steps", "log_every",
+                     "save_every", "keep_checkpoints"):  # fmt: skip
+            if getattr(self, name) < 1:
+                _refuse(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "warmup_steps", "alr_baseline_tokens", "seed"):
+            if getattr(self, name) < 0:
+                _refuse(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.global_batch % self.micro_batch:
+            _refuse(f"global_batch {self.global_batch} is not a multiple of micro_batch "
+                    f"{self.micro_batch}")  # fmt: skip
+        # Written so that NaN fails too: every comparison with NaN is false.
+        if not (self.lr > 0 and self.lr >= self.min_lr >= 0):
+            _refuse(f"lr and min_lr must satisfy lr > 0 and lr >= min_lr >= 0, "
+                    f"got lr={self.lr}, min_lr={self.min_lr}")  # fmt: skip
+        if not all(0 <= beta < 1 for beta in self.betas):
+            _refuse(f"betas must each lie in [0, 1), got {list(self.betas)}")
+        for name, low in (("eps", 0.0), ("clip_grad", 0.0)):
+            if not getattr(self, name) > low:
+                _refuse(f"{name} must be above {low:g}, got {getattr(self, name)}")
+        for name in ("weight_decay", "peak_tflops"):
+            if not getattr(self, name) >= 0:
+                _refuse(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for label, weight in self.quality_weights.items():
+            if not 0 < weight <= 1:
+                _refuse(f"quality_weights: {label}'s weight {weight} is not in (0, 1]")
+        for name in ("model", "tokenizer"):
+            _check_pretrained(name, getattr(self, name))
+        self._check_data()
+
+    def _check_data(self) -> None:
+        if not self.data:
+            _refuse("data names no source")
+        builtin = SFT_BUILTIN if self.task == "sft" else BUILTIN
+        for source in self.data:
+            path = Path(source)
+            found = path.is_file() if self.task == "sft" else path.exists()
+            if source != builtin and not found:
+                kind = "a .jsonl file" if self.task == "sft" else "a file or directory"
+                _refuse(f"data: {source} is neither the built-in {self.task} set ({builtin}) "
+                        f"nor {kind} that exists")  # fmt: skip
+        if self.data_weights and len(self.data_weights) != len(self.data):
+            _refuse(f"data_weights has {len(self.data_weights)} values for {len(self.data)} "
+                    "sources")  # fmt: skip
+        if not all(weight > 0 for weight in self.data_weights):
+            _refuse(f"data_weights must be positive, got {list(self.data_weights)}")
+
+
+def _refuse(message: str) -> None:
+    raise ConfigError(message)
+
+
+def _check_pretrained(name: str, value: str) -> None:
+    """`model`/`tokenizer`: "", hf:ORG/NAME, or a directory that exists."""
+    if value.startswith(HUB):
+        if not value[len(HUB) :].strip("/"):
+            _refuse(f"{name}: {value!r} names no Hugging Face hub repository (hf:ORG/NAME)")
+    elif value and not Path(value).is_dir():
+        _refuse(f"{name}: {value} is not a local directory (to download from the Hugging Face "
+                f"hub, write {name}=hf:ORG/NAME)")  # fmt: skip
+
+
+def pretrained_source(value: str) -> tuple[str, bool]:
+    """What from_pretrained takes for a `model`/`tokenizer` value, and whether it may download."""
+    if value.startswith(HUB):
+        return value[len(HUB) :], True
+    return value, False
+
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
@@ -80,8 +173,9 @@ def load_config(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of field: value")
-    config = apply(TrainConfig(), values, source=str(path))
-    return apply(config, parse_overrides(overrides), source="the command line")
+    changes = typed(values, source=str(path))
+    changes |= typed(parse_overrides(overrides), source="the command line")
+    return TrainConfig(**changes)  # checked once, recipe and overrides together
 
 
 def recipe_path(recipe: str | Path) -> Path:
@@ -110,8 +204,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
-def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
-    """`config` with `values` replacing its fields, each checked against the field's type."""
+def typed(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` for TrainConfig's fields, each parsed by the field's type; unknown names refused."""
     hints = typing.get_type_hints(TrainConfig)
     known = field_names()
     changes = {}
@@ -123,7 +217,7 @@ def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConf
                 f"{source}: unknown field {key!r}{hint}; valid fields: {', '.join(known)}"
             )
         changes[key] = coerce(key, value, hints[key], source)
-    return dataclasses.replace(config, **changes)
+    return changes
 
 
 def coerce(key: str, value: Any, hint: Any, source: str) -> Any:

@@ -7,13 +7,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from calibration_data import CalibrationError
 from training.checkpoint import CheckpointError
 from training.config import ConfigError, load_config
 from training.data.pipeline import PipelineError
 from training.samples import DataError
 from training.trainer import TrainingError, train
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, PipelineError)
+USER_ERRORS = (
+    ConfigError, DataError, CheckpointError, TrainingError, PipelineError, CalibrationError,
+)  # fmt: skip
 
 
 def run(recipe: str, overrides: Sequence[str], resume: bool = False, stop_after: int = 0) -> int:

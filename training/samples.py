@@ -14,9 +14,9 @@ repeating a small source's blocks when its share asks for more than it has, and 
 shuffled with the recipe's seed.
 
 SFT renders each conversation with the tokenizer's chat template and learns only the assistant's
-content: every other token (BOS, system and user turns, the [INST] markers) gets IGNORE_INDEX. The
-EOS that closes an assistant turn is learned too, as part of the reply: without it the model would
-never learn to stop.
+content: every other token (BOS, system and user turns, the [INST] or <|im_start|> markers) gets
+IGNORE_INDEX. The special token that closes an assistant turn (EOS, <|im_end|>, <|eot_id|>) is
+learned too, as part of the reply: without it the model would never learn to stop.
 """
 
 from __future__ import annotations
@@ -157,34 +157,79 @@ def check_record(record: dict[str, Any], quality_weights: dict[str, float], wher
     return weight
 
 
+# Stands in for one assistant message's content while the template renders; private-use
+# characters, so no real conversation or template writes it.
+PLACEHOLDER = "\ue000answer\ue001"
+
+
 def render_conversation(
     tokenizer: Any, messages: list[dict[str, str]]
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the chat-rendered conversation, and which of them are learned.
 
-    The template renders to text; each assistant message's content is found in that text, in
-    order, and a token is learned when its first character lies in an assistant's content or is
-    the EOS right after it. (Templates rarely mark assistant spans themselves; text offsets work
-    for every template that writes the content verbatim, which chat templates do.)
+    Learned are the tokens of each assistant message's content and the special token that closes
+    its turn (EOS, <|im_end|>, <|eot_id|>): without that one the model never learns to stop.
+
+    Where a content lies in the text is asked of the template itself: the conversation is rendered
+    again with that one message's content replaced by a placeholder, and the content is what
+    stands where the placeholder stood. Searching the text for the content would be fooled by an
+    answer that also occurs earlier, in a marker ("T" in " [/INST]") or in a user's message.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    cursor = 0
-    for message in messages:
-        start = text.find(message["content"], cursor)
-        if start < 0:
-            raise DataError("the chat template does not write message contents verbatim")
-        cursor = start + len(message["content"])
-        if message["role"] == "assistant":
-            spans.append((start, cursor))
+    text = render(tokenizer, messages)
+    spans = [
+        content_span(tokenizer, messages, i, text)
+        for i, message in enumerate(messages)
+        if message["role"] == "assistant"
+    ]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    eos = tokenizer.eos_token_id
-    learned = [
-        any(start <= begin < end or (token == eos and begin == end) for start, end in spans)
-        for token, (begin, _) in zip(ids, offsets, strict=True)
-    ]
+    closing = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    closing |= set(tokenizer.all_special_ids)
+    learned = [False] * len(ids)
+    for start, end in spans:
+        # Overlapping, not starting inside: SentencePiece joins the space a template writes
+        # before the content to its first word (" T" is one token "▁T").
+        for t, (begin, stop) in enumerate(offsets):
+            learned[t] |= begin < end and stop > start
+        # The closing token follows the content, after whitespace at most (Llama-2's " </s>").
+        t = next((t for t, (begin, _) in enumerate(offsets) if begin >= end), len(ids))
+        first = t
+        while t < len(ids) and ids[t] not in closing and text[slice(*offsets[t])].isspace():
+            t += 1
+        if t < len(ids) and ids[t] in closing:
+            learned[first : t + 1] = [True] * (t + 1 - first)
     return ids, learned
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation as the chat template writes it; a template's refusal is a DataError."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    except TemplateError as err:  # e.g. raise_exception('roles must alternate')
+        raise DataError(f"the chat template refuses the conversation: {err}") from None
+
+
+def content_span(
+    tokenizer: Any, messages: list[dict[str, str]], index: int, text: str
+) -> tuple[int, int]:
+    """Where messages[index]'s content lies in `text`, the rendered conversation (characters)."""
+    marked = [dict(m, content=PLACEHOLDER) if i == index else m for i, m in enumerate(messages)]
+    template = render(tokenizer, marked)
+    before, found, after = template.partition(PLACEHOLDER)
+    if (
+        not found
+        or PLACEHOLDER in after
+        or not text.startswith(before)
+        or not text.endswith(after)
+        or len(before) + len(after) > len(text)
+    ):
+        raise DataError(
+            "the chat template does not write each assistant message's content once, in a place "
+            "that does not depend on it, so the learned tokens cannot be found"
+        )
+    return len(before), len(text) - len(after)
 
 
 def pack_sft(
@@ -199,7 +244,10 @@ def pack_sft(
     for index, record in enumerate(records):
         where = f"record {record.get('id', index)}"
         weight = check_record(record, quality_weights, where)
-        ids, learned = render_conversation(tokenizer, record["messages"])
+        try:
+            ids, learned = render_conversation(tokenizer, record["messages"])
+        except DataError as err:
+            raise DataError(f"{where}: {err}") from None
         if len(ids) > seq_len + 1:
             raise DataError(f"{where}: {len(ids)} tokens, longer than seq_len + 1 = {seq_len + 1}")
         labels = [t if keep else IGNORE_INDEX for t, keep in zip(ids, learned, strict=True)]

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from training import checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, pretrained_source
 from training.distributed import World, join, leave, unwrap, wrap
 from training.loss import IGNORE_INDEX, weighted_token_loss
 from training.samples import DataError, Samples, pack_pretraining, pack_sft
@@ -56,21 +57,24 @@ def _train(
     config: TrainConfig, resume: bool, stop_after: int, world: World, on_step: Any
 ) -> Path | None:
     out = Path(config.out)
-    tokenizer = load_tokenizer(config)
+    if world.size > 1 and config.parallel == "none":
+        raise TrainingError(f"{world.size} processes need parallel=ddp or parallel=fsdp")
     grad_accum = batch_split(config, world)
+    tokenizer = load_tokenizer(config)
     samples = prepare_samples(config, tokenizer, out / "data", world)
-    steps = (
-        config.max_steps
-        if config.epochs == 0
-        else config.epochs * (len(samples) // config.global_batch)
-    )
-    if steps < 1:
-        raise DataError(f"{len(samples)} samples give no full batch of {config.global_batch}")
+    if len(samples) < config.global_batch:  # before the model: the data decides, not the recipe
+        raise DataError(
+            f"the data gives {len(samples)} {config.task} samples, fewer than one global batch "
+            f"of {config.global_batch}; give more data or a smaller global_batch"
+        )
+    per_epoch = len(samples) // config.global_batch
+    steps = config.max_steps if config.epochs == 0 else config.epochs * per_epoch
 
     torch.manual_seed(config.seed)
     model = build_model(config, tokenizer).to(world.device)
-    if config.grad_checkpointing:
-        model.gradient_checkpointing_enable()  # transformers' own, per decoder block
+    if config.grad_checkpointing:  # transformers' own, per decoder block; renamed in 5.x
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     model = wrap(model, config.parallel, world)
     trainable = compile_model(model, config)
     optimizer = make_optimizer(model, config, world)
@@ -153,11 +157,28 @@ def _train(
 
 def open_log(path: Path, start: int) -> Any:
     """The JSONL log for appending, without the steps after `start` that a crash left behind
-    (a resumed run logs them again, as it takes them again)."""
+    (a resumed run logs them again, as it takes them again).
+
+    A crash mid-write leaves a torn last line; it is dropped like the other lost steps. The kept
+    lines are written to a sibling and renamed over the log, so a second crash here loses nothing.
+    """
     if path.is_file():
-        kept = [line for line in path.read_text("utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= start]  # fmt: skip
-        path.write_text("".join(line + "\n" for line in kept), "utf-8")
+        lines = path.read_text("utf-8").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"] if line.strip() else None
+            except (json.JSONDecodeError, TypeError, KeyError):
+                if number == len(lines):  # torn by the crash that stopped the run
+                    break
+                raise TrainingError(
+                    f"{path}:{number} is not a log record; move the log aside"
+                ) from None
+            if step is not None and step <= start:
+                kept.append(line + "\n")
+        staging = path.with_name(f".{path.name}.partial")
+        staging.write_text("".join(kept), "utf-8")
+        os.replace(staging, path)
     return path.open("a", encoding="utf-8")
 
 
@@ -174,7 +195,7 @@ def batch_split(config: TrainConfig, world: World) -> int:
 
 def global_batch(samples: Samples, step: int, config: TrainConfig) -> list[np.ndarray]:
     """The step's sequences: a seeded permutation per epoch, so the order is the step's function."""
-    per_epoch = len(samples) // config.global_batch
+    per_epoch = len(samples) // config.global_batch  # >= 1: _train refuses smaller data
     epoch, offset = divmod(step, per_epoch)
     order = epoch_order(config.seed, epoch, len(samples))
     rows = np.sort(order[offset * config.global_batch : (offset + 1) * config.global_batch])
@@ -190,10 +211,21 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
 def load_tokenizer(config: TrainConfig) -> Any:
     from transformers import AutoTokenizer
 
-    source = config.tokenizer or config.model
-    if not source:
+    field = "tokenizer" if config.tokenizer else "model"
+    if not getattr(config, field):
         raise TrainingError("the recipe names neither a model nor a tokenizer")
-    return AutoTokenizer.from_pretrained(source)
+    return from_pretrained(AutoTokenizer, field, getattr(config, field))
+
+
+def from_pretrained(loader: Any, field: str, value: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` on a local directory, or on the hub for hf:ORG/NAME only."""
+    name, hub = pretrained_source(value)
+    where = "from the Hugging Face hub" if hub else "(a local directory)"
+    try:
+        return loader.from_pretrained(name, local_files_only=not hub, **kwargs)
+    except (OSError, ValueError) as err:  # transformers' "not found" / "does not appear to have"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"{field} {value} {where} cannot be loaded: {first}") from err
 
 
 def prepare_samples(config: TrainConfig, tokenizer: Any, directory: Path, world: World) -> Samples:
@@ -203,11 +235,20 @@ def prepare_samples(config: TrainConfig, tokenizer: Any, directory: Path, world:
         {k: getattr(config, k) for k in ("task", "data", "data_weights", "data_split", "seq_len",
                                          "quality_weights", "seed")}, default=list,
     )  # fmt: skip
+    error = None
     if world.main and not (stamp.is_file() and stamp.read_text("utf-8") == wanted):
         shutil.rmtree(directory, ignore_errors=True)
-        build_samples(config, tokenizer, directory)
-        stamp.write_text(wanted, "utf-8")  # last: its presence means the samples are complete
-    world.barrier()
+        try:
+            build_samples(config, tokenizer, directory)
+            stamp.write_text(wanted, "utf-8")  # last: its presence means the samples are complete
+        except Exception as err:  # raised below, once the other processes know
+            error = err
+    # The barrier, carrying whether the main process failed: no process waits for it in vain.
+    (failed,) = world.all_sum([float(error is not None)])
+    if error is not None:
+        raise error
+    if failed:
+        raise DataError("the main process could not build the samples (its error says why)")
     return Samples.open(directory)
 
 
@@ -219,13 +260,7 @@ def build_samples(config: TrainConfig, tokenizer: Any, directory: Path) -> Sampl
         for source in config.data:
             records += load_records("sft") if source == "sft" else read_jsonl(Path(source))
         return pack_sft(tokenizer, records, config.quality_weights, config.seq_len, directory)
-    if config.task != "pretrain":
-        raise TrainingError(f"task must be 'pretrain' or 'sft', got {config.task!r}")
     sources = [(source, pretraining_texts(source, config.data_split)) for source in config.data]
-    if config.data_weights and len(config.data_weights) != len(config.data):
-        raise TrainingError(
-            f"data_weights has {len(config.data_weights)} values for {len(config.data)} sources"
-        )
     return pack_pretraining(
         tokenizer, sources, config.data_weights, config.seq_len, directory, config.seed
     )
@@ -261,9 +296,10 @@ def build_model(config: TrainConfig, tokenizer: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
     if config.model:
-        return AutoModelForCausalLM.from_pretrained(
-            config.model, dtype=torch.float32, attn_implementation="sdpa"
-        )
+        return from_pretrained(
+            AutoModelForCausalLM, "model", config.model, dtype=torch.float32,
+            attn_implementation="sdpa",
+        )  # fmt: skip
     model_config = MistralConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -299,6 +335,8 @@ def autocast_context(config: TrainConfig, world: World) -> Any:
 
 def model_identity(config: TrainConfig) -> dict[str, Any]:
     """What the run started from, for refusing to resume a different model's checkpoints."""
+    if pretrained_source(config.model)[1]:  # hf:ORG/NAME: the hub keeps its files
+        return {"model": config.model}
     if config.model:
         model = Path(config.model)
         files = [model / "config.json", *sorted(model.glob("*.safetensors"))]
