@@ -18,10 +18,6 @@ from eval_quant.errors import EvalError
 from quantize.artifact import MANIFEST, MODEL_CARD, Artifact
 from quantize.registry import Runner, get_format
 
-# llama-quantize records the imatrix it used under this key (tools/quantize/quantize.cpp); gguf-py
-# has no constant for it.
-GGUF_IMATRIX_KEY = "quantize.imatrix.file"
-
 
 @dataclass
 class ModelInfo:
@@ -154,12 +150,16 @@ def _gguf_model_file(artifact: Path) -> Path:
 def _describe_gguf_file(path: Path) -> ModelInfo:
     import gguf
 
-    from quantize.gguf.llama_quantize import FTYPE_NAMES, ftype
+    from quantize.gguf.llama_quantize import FTYPE_NAMES, KEY_IMATRIX_FILE, ftype
+    from quantize.gguf.reader import read_gguf
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as err:
-        raise EvalError(f"{path} is not a readable GGUF file: {err}") from err
+    reader = read_gguf(path, EvalError)
+    kind_field = reader.get_field(gguf.Keys.General.TYPE)
+    kind = kind_field.contents() if kind_field else gguf.GGUFType.MODEL
+    if kind == gguf.GGUFType.IMATRIX:
+        raise EvalError(f"{path} is an importance matrix, not a model: evaluate the model's .gguf")
+    if kind != gguf.GGUFType.MODEL:
+        raise EvalError(f"{path} is a GGUF file of type {kind!r}, not a model")
     names = {ftype(name): name for name in FTYPE_NAMES}
     file_type = reader.get_field(gguf.Keys.General.FILE_TYPE)
     variant = names.get(int(file_type.contents()), "?") if file_type else "?"
@@ -170,7 +170,7 @@ def _describe_gguf_file(path: Path) -> ModelInfo:
         name=path.stem,
         format="gguf",
         variant=variant,
-        imatrix=reader.get_field(GGUF_IMATRIX_KEY) is not None,
+        imatrix=reader.get_field(KEY_IMATRIX_FILE) is not None,
         size_bytes=path.stat().st_size,
         bits_per_weight=round(8 * weight_bytes / n_weights, 4) if n_weights else None,
     )

@@ -31,6 +31,7 @@ import gguf
 import numpy as np
 
 from quantize.errors import ImatrixError, ModelSourceError, QuantizeError
+from quantize.gguf.reader import read_gguf
 from quantize.gguf.tensor_names import gguf_tensor_name
 from quantize.windows import token_windows, tokenize_for_windows
 
@@ -227,19 +228,7 @@ def load_imatrix(path: Path) -> ImportanceMatrix:
     path = Path(path)
     if not path.is_file():
         raise ImatrixError(f"importance matrix {path} does not exist")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as err:
-        # GGUFReader fails with assorted ValueError/IndexError/struct errors on a damaged file.
-        raise ImatrixError(f"{path} is not a readable GGUF file ({err})") from err
-
-    # ggml reads every tensor's data padded to the alignment, so a file cut inside the trailing
-    # padding is as unusable to llama-quantize as one cut inside the numbers.
-    data_end = max(
-        (t.data_offset + _padded(t.n_bytes, reader.alignment) for t in reader.tensors), default=0
-    )
-    if path.stat().st_size < data_end:
-        raise ImatrixError(f"{path} is truncated: {path.stat().st_size} bytes, need {data_end}")
+    reader = read_gguf(path, ImatrixError, padded=True)
 
     kind = _field(reader, gguf.Keys.General.TYPE)
     if kind != gguf.GGUFType.IMATRIX:
@@ -288,7 +277,3 @@ def load_imatrix(path: Path) -> ImportanceMatrix:
 def _field(reader: gguf.GGUFReader, key: str) -> Any:
     found = reader.get_field(key)
     return None if found is None else found.contents()
-
-
-def _padded(n_bytes: int, alignment: int) -> int:
-    return (n_bytes + alignment - 1) // alignment * alignment

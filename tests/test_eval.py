@@ -234,3 +234,62 @@ def test_report_refuses_results_of_another_text(
     result = invoke("report", str(first), str(second), "--out", str(out))
     assert result.returncode == 1 and str(second) in result.stderr
     assert not (out / "report.html").exists()
+
+
+@pytest.fixture(scope="module")
+def one_step_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
+    """The tiny Mistral after one training step: enough for input checks, and cheap."""
+    from training.tiny_model import TinyMistral, build_tiny_mistral
+
+    out = tmp_path_factory.mktemp("one-step") / "one-step-mistral"
+    texts = load("pl-en", split="train").texts
+    return build_tiny_mistral(tiny_tokenizer, texts, out, TinyMistral(train_steps=1))
+
+
+@pytest.fixture(scope="module")
+def f16_file(tmp_path_factory: pytest.TempPathFactory, one_step_model: Path) -> Path:
+    from quantize.gguf.convert import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("f16") / "one-step-F16.gguf"
+    return convert_to_gguf(ModelSource.open(one_step_model), out, "F16")
+
+
+# What the error says for each kind of .gguf that is not a model llama.cpp can load. All but the
+# last are refused from the file's metadata, before any work; llama.cpp itself finds the last.
+DAMAGES = {
+    "imatrix": "is an importance matrix, not a model",
+    "cut in the tensor data": "is not a readable GGUF file",
+    "cut in the header": "is not a readable GGUF file",
+    "unknown architecture": "llama.cpp cannot load",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_gguf_llama_cpp_cannot_load_fails_in_one_line(
+    damage: str, tmp_path: Path, one_step_model: Path, f16_file: Path
+) -> None:
+    """An importance matrix or a truncated file given as a model: one line naming it, exit 1."""
+    from quantize.imatrix import compute_imatrix, save_imatrix
+
+    candidate = tmp_path / "candidate.gguf"
+    if damage == "imatrix":
+        texts = load("pl-en", split="calib").texts
+        save_imatrix(compute_imatrix(one_step_model, texts, n_ctx=64, max_windows=1), candidate)
+    elif damage == "unknown architecture":
+        import gguf
+
+        writer = gguf.GGUFWriter(candidate, arch="not-an-architecture")
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.close()
+    else:
+        data = f16_file.read_bytes()
+        candidate.write_bytes(data[: len(data) // 2 if damage == "cut in the tensor data" else 64])
+    out = tmp_path / "r.json"
+    result = invoke(*eval_args(one_step_model, candidate, out, tmp_path / "c", "--chunks", "2"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    if damage != "unknown architecture":  # else the reference's progress lines come first
+        assert len(lines) == 1, result.stderr
+    assert str(candidate) in lines[-1] and DAMAGES[damage] in lines[-1]
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -341,13 +341,56 @@ class _GgmlInitParams(ctypes.Structure):
     ]
 
 
+# ggml's base library under each platform's naming, as llama-cpp-python names its own libraries.
+GGML_BASE_NAMES = ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll", "libggml-base.dll")
+
+
+def ggml_base() -> Path:
+    """libggml-base from the installed llama-cpp-python, in the directory it loads libllama from.
+
+    That is $LLAMA_CPP_LIB_PATH when set, else the package's lib/ (llama_cpp/llama_cpp.py). Where
+    it is missing the ggml cross-checks cannot run: a skip on a developer's machine, a failure
+    under CI (CI=true), where a skip would hide that they never ran.
+    """
+    missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip
+    try:
+        import llama_cpp
+    except ImportError:
+        missing("llama-cpp-python is not installed")
+    lib_dir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
+    found = [lib_dir / name for name in GGML_BASE_NAMES if (lib_dir / name).exists()]
+    if not found:
+        missing(f"no {' or '.join(GGML_BASE_NAMES)} in {lib_dir}")
+    return found[0]
+
+
+def test_ggml_base_is_found_where_llama_cpp_loads_its_libraries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    real = ggml_base()
+    (tmp_path / real.name).symlink_to(real)
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(tmp_path))
+    assert ggml_base() == tmp_path / real.name
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail), (None, pytest.skip)])
+def test_a_missing_ggml_base_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str | None, outcome: Any
+) -> None:
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(tmp_path))  # a directory without the library
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as raised:
+        ggml_base()
+    assert raised.type is outcome.Exception
+
+
 @pytest.fixture(scope="module")
 def ggml() -> Any:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib_path = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
-    if not lib_path.exists():
-        pytest.skip("llama-cpp-python ships no libggml-base.so here")
-    lib = ctypes.CDLL(str(lib_path))
+    lib = ctypes.CDLL(str(ggml_base()))
     p, i64, s = ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p
     signatures = {
         "gguf_init_from_file": (p, [s, _InitParams]),

@@ -19,6 +19,7 @@ from quantize.gguf.llama_quantize import (
     FTYPE_NAMES,
     TensorTypeOverride,
     ftype,
+    imatrix_metadata,
     quantize_gguf,
     requires_imatrix,
 )
@@ -163,13 +164,22 @@ class GGUF:
         request: ExportRequest,
         progress: Progress | None,
     ) -> None:
+        values, metadata = None, None
+        if matrix is not None:
+            values = matrix.values()
+            # The artifact ships the imatrix used as IMATRIX_FILE beside the model: that is the
+            # file the model names, as llama-quantize names the one it was given.
+            metadata = imatrix_metadata(
+                IMATRIX_FILE, matrix.datasets, len(values), matrix.chunk_count
+            )
         quantize_gguf(
             intermediate,
             model_file,
             variant,
-            imatrix=matrix.values() if matrix is not None else None,
+            imatrix=values,
             overrides=overrides,
             threads=request.threads,
+            metadata=metadata,
             on_tensor=stage(progress, f"quantize → {variant}"),
         )
 

@@ -94,12 +94,14 @@ def quantize_gguf(
     overrides: Sequence[TensorTypeOverride] = (),
     threads: int = 0,
     dry_run: bool = False,
+    metadata: Mapping[str, str | int] | None = None,
     on_tensor: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Quantize the F16/BF16/F32 GGUF `source` into `dest`; return llama.cpp's log lines.
 
     `imatrix` maps GGUF tensor names to per-column importances (`ImportanceMatrix.values()`).
-    `on_tensor(done, total)` follows llama.cpp's per-tensor log lines.
+    `metadata` adds or replaces keys in `dest` (strings, or integers that llama.cpp stores as
+    u32), e.g. `imatrix_metadata`'s. `on_tensor(done, total)` follows llama.cpp's per-tensor log.
     """
     import llama_cpp
 
@@ -132,8 +134,12 @@ def quantize_gguf(
         table[len(overrides)].pattern = None
         keep_alive.append(table)
         params.tt_overrides = ctypes.cast(table, type(params.tt_overrides))
+    if metadata:
+        kv = _kv_overrides(metadata)
+        keep_alive.append(kv)
+        params.kv_overrides = ctypes.cast(kv, type(params.kv_overrides))
 
-    with _LlamaLog(on_tensor) as log:
+    with LlamaLog(on_tensor) as log:
         status = llama_cpp.llama_model_quantize(
             str(source).encode(), str(dest).encode(), ctypes.byref(params)
         )
@@ -145,18 +151,67 @@ def quantize_gguf(
     return log.lines
 
 
+# The keys llama-quantize (tools/quantize/quantize.cpp) writes into a file it quantized with an
+# imatrix; gguf-py has no constants for them.
+KEY_IMATRIX_FILE = "quantize.imatrix.file"
+KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KEY_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
+KEY_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
+# llama_model_kv_override holds keys and string values in char[128], NUL included.
+_KV_TEXT_BYTES = 127
+
+
+def imatrix_metadata(
+    file_name: str, datasets: Sequence[str], n_entries: int, n_chunks: int
+) -> dict[str, str | int]:
+    """What llama-quantize records about the imatrix it used, with the same meanings.
+
+    `file_name` names the imatrix file, `n_entries` counts the tensors it gives importances for,
+    `n_chunks` the calibration windows it was computed on. As llama-quantize does, only the first
+    dataset is recorded, and the chunk count only when it is known (above zero).
+    """
+    keys: dict[str, str | int] = {KEY_IMATRIX_FILE: file_name}
+    if datasets:
+        keys[KEY_IMATRIX_DATASET] = datasets[0]
+    keys[KEY_IMATRIX_N_ENTRIES] = n_entries
+    if n_chunks > 0:
+        keys[KEY_IMATRIX_N_CHUNKS] = n_chunks
+    return keys
+
+
+def _kv_overrides(metadata: Mapping[str, str | int]) -> ctypes.Array:
+    """llama.cpp's kv-override array for `metadata`, ended by an entry with an empty key."""
+    import llama_cpp
+
+    table = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+    for entry, (key, value) in zip(table, metadata.items(), strict=False):
+        if len(key.encode()) > _KV_TEXT_BYTES:
+            raise QuantizeError(f"metadata key {key!r} is longer than llama.cpp's 127 bytes")
+        entry.key = key.encode()
+        if isinstance(value, str):
+            # llama-quantize cuts long strings to the field too; cut on a UTF-8 boundary.
+            text = value.encode()[:_KV_TEXT_BYTES].decode("utf-8", "ignore").encode()
+            entry.tag, entry.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, text
+        elif isinstance(value, int) and not isinstance(value, bool):
+            entry.tag, entry.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        else:
+            raise TypeError(f"metadata {key!r}: only str and int values are written, not {value!r}")
+    table[len(metadata)].key = b""
+    return table
+
+
 _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 
-class _LlamaLog:
-    """Routes llama.cpp's log into a list while quantizing, reporting per-tensor progress."""
+class LlamaLog:
+    """Routes llama.cpp's log into a list (quantizing or loading), with per-tensor progress."""
 
-    def __init__(self, on_tensor: Callable[[int, int], None] | None) -> None:
+    def __init__(self, on_tensor: Callable[[int, int], None] | None = None) -> None:
         self.on_tensor = on_tensor
         self.lines: list[str] = []
         self._partial = ""
 
-    def __enter__(self) -> _LlamaLog:
+    def __enter__(self) -> LlamaLog:
         import llama_cpp
 
         @llama_cpp.llama_log_callback

@@ -7,15 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
+from quantize.errors import ModelSourceError
+from quantize.gguf.llama_quantize import LlamaLog
+
 
 class GGUFRunner:
     def __init__(self, model_file: Path, n_ctx: int = 512, threads: int | None = None) -> None:
         from llama_cpp import Llama
 
         self.model_file = model_file
-        self.llama = Llama(
-            str(model_file), n_ctx=n_ctx, logits_all=True, n_threads=threads, verbose=False
-        )
+        with LlamaLog() as log:
+            try:
+                self.llama = Llama(
+                    str(model_file), n_ctx=n_ctx, logits_all=True, n_threads=threads, verbose=False
+                )
+            except ValueError as err:
+                # llama-cpp-python only says "Failed to load model"; llama.cpp's log says why.
+                reasons = [line.split("error loading model: ")[-1].strip()
+                           for line in log.lines if "error loading model" in line]  # fmt: skip
+                why = f": {reasons[-1]}" if reasons else ""
+                raise ModelSourceError(f"llama.cpp cannot load {model_file}{why}") from err
 
     @property
     def vocab_size(self) -> int:

@@ -61,6 +61,7 @@ def add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> str:
     # Checkpoints often pad the embeddings past the tokenizer; llama.cpp needs a token per row.
     tokens += [(f"[PAD{i}]".encode(), -1000.0, gguf.TokenType.UNUSED)
                for i in range(len(tokens), vocab_size)]  # fmt: skip
+    _add_declared_tokens(tokens, model_dir, sentencepiece=kind == "llama")
 
     writer.add_tokenizer_model(kind)
     writer.add_tokenizer_pre(pre)
@@ -73,10 +74,73 @@ def add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> str:
     # field for; the single-sequence BOS/EOS settings it does need are still read.
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     special = gguf.SpecialVocab(model_dir, load_merges=kind == "gpt2", n_vocab=len(tokens))
+    if (turn_end := _turn_end(tokens, special.chat_template)) is not None:
+        special.special_token_ids["eot"] = turn_end
     special.add_to_gguf(writer, quiet=True)
     return (
         "sentencepiece" if (model_dir / "tokenizer.model").is_file() else f"tokenizer.json ({kind})"
     )
+
+
+def _add_declared_tokens(tokens: list[Token], model_dir: Path, sentencepiece: bool) -> None:
+    """Write the tokens transformers adds on top of the base vocabulary into `tokens`, in place.
+
+    They are declared in tokenizer_config.json's `added_tokens_decoder` (how ChatML models such as
+    Bielik v2 ship `<|im_start|>`/`<|im_end|>`) and in tokenizer.json's `added_tokens`; a
+    SentencePiece `tokenizer.model` knows none of them. As in llama.cpp's converter, a special
+    token becomes CONTROL (llama.cpp parses it only where asked to, and never prints it) and any
+    other added token USER_DEFINED (always matched in raw text, printed verbatim). A token the base
+    vocabulary already types as unknown, control or byte (`<unk>`, `<s>`, `<0x0A>`) keeps its type.
+    """
+    declared: dict[int, dict[str, Any]] = {}
+    tokenizer_json = model_dir / "tokenizer.json"
+    if tokenizer_json.is_file():
+        for item in json.loads(tokenizer_json.read_text("utf-8")).get("added_tokens", []):
+            declared[int(item["id"])] = item
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        decoder = json.loads(config.read_text("utf-8")).get("added_tokens_decoder", {})
+        declared.update({int(i): item for i, item in decoder.items()})
+
+    keep = (gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.BYTE)
+    for i, item in sorted(declared.items()):
+        text = item["content"]
+        if i >= len(tokens):
+            raise UnsupportedArchitectureError(
+                f"{model_dir}: the tokenizer adds {text!r} as token {i}, but config.json's "
+                f"vocab_size is {len(tokens)}, so the model has no embedding for it"
+            )
+        if tokens[i][2] in keep and tokens[i][0] == text.encode("utf-8"):
+            continue
+        if item.get("special"):
+            kind = gguf.TokenType.CONTROL
+        else:
+            kind = gguf.TokenType.USER_DEFINED
+            if sentencepiece:
+                # llama.cpp matches user-defined tokens in the raw text, before spaces become
+                # '▁', and prints them verbatim: their text must hold real spaces.
+                text = text.replace("▁", " ")
+        tokens[i] = (text.encode("utf-8"), -1000.0, kind)
+
+
+# Tokens chat templates close a turn with: ChatML's (Bielik v2, Qwen) and Llama 3's.
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>")
+
+
+def _turn_end(tokens: list[Token], chat_template: str | None) -> int | None:
+    """The id of the control token the chat template ends each turn with, if it uses one.
+
+    llama.cpp stops generating at EOS and at EOT; a ChatML model answers with `<|im_end|>`, which
+    is then its EOT whatever the tokenizer's EOS is.
+    """
+    if not chat_template:
+        return None
+    control = {text: i for i, (text, _, kind) in enumerate(tokens)
+               if kind == gguf.TokenType.CONTROL}  # fmt: skip
+    for text in TURN_END_TOKENS:
+        if text in chat_template and text.encode() in control:
+            return control[text.encode()]
+    return None
 
 
 def _sentencepiece_adds_space_prefix(model_file: Path) -> bool:
