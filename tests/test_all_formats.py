@@ -14,6 +14,7 @@ import pytest
 from quantize.artifact import MANIFEST
 from quantize.registry import format_names, get_format
 from tests.cli import invoke
+from tests.cuda import EXL2_RUNS_HERE, needs_exl2, without_exl2
 from tests.test_export_errors import assert_fails_cleanly
 
 # One ~4-bit variant per CPU format, made through the command line (GGUF's comes from the
@@ -100,6 +101,21 @@ def test_one_evaluation_and_one_report_cover_every_format(
         assert row["variant"] in table and row["format"].upper() in table.upper()
 
 
+@needs_exl2
+def test_exl2_export_is_evaluated_like_the_others(
+    tiny_model: Path, gguf_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """On a CUDA machine with exllamav2: the real converter, then the same eval and ladder."""
+    out, variant = tmp_path / "out", "4.0bpw-h6"
+    args = ["export", str(tiny_model), "--format", "exl2", "-v", variant, "--out", str(out)]
+    result = invoke(*args, "--n-ctx", "256")
+    assert result.returncode == 0, result.stderr
+    path = out / f"{tiny_model.name}-EXL2-{variant}"
+    rows, _ = evaluate({"exl2": path}, tiny_model, gguf_exports, tmp_path)
+    assert (rows["exl2"]["format"], rows["exl2"]["variant"]) == ("exl2", variant)
+    assert_between_the_ladder(rows, "exl2")
+
+
 def test_info_lists_every_format_and_what_is_missing() -> None:
     result = invoke("info")
     assert result.returncode == 0, result.stderr
@@ -110,8 +126,8 @@ def test_info_lists_every_format_and_what_is_missing() -> None:
         assert fmt.variants()[0] in result.stdout
         if fmt.missing():
             assert "no: missing" in result.stdout
-    # This CI machine has everything but exllamav2 and a GPU.
-    assert get_format("exl2").missing()
+    # EXL2 is usable exactly where a CUDA device and exllamav2 are; the CPU formats everywhere.
+    assert (not get_format("exl2").missing()) == EXL2_RUNS_HERE
     assert not any(get_format(n).missing() for n in ("gguf", "gptq", "awq", "hqq", "mlx"))
 
 
@@ -124,7 +140,8 @@ def test_unknown_variant_is_one_line_and_no_artifact(
     assert_fails_cleanly(args, out, "Q9_Z", get_format(fmt).variants()[0])
 
 
-def test_exl2_without_cuda_names_what_is_missing(tiny_model: Path, tmp_path: Path) -> None:
+@without_exl2
+def test_exl2_where_it_cannot_run_names_what_is_missing(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["export", str(tiny_model), "--format", "exl2", "-v", "4.0bpw-h6", "--out", str(out)]
     assert_fails_cleanly(args, out, "CUDA", "bielik-quant[exl2]")
