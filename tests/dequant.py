@@ -297,3 +297,38 @@ def hqq_grids(artifact: Path) -> dict[str, Grid]:
 
     saved = torch.load(artifact / "qmodel.pt", map_location="cpu", weights_only=True)
     return {name: hqq_grid(state) for name, state in saved.items() if "W_q" in state}
+
+
+def round_to_nearest(weight: np.ndarray, bits: int, group_size: int, symmetric: bool) -> np.ndarray:
+    """Plain round-to-nearest of each group of input columns: the peer a calibrated recipe beats.
+
+    Symmetric: the grid centred on zero, step max|w| * 2 / (2^bits - 1) (GPTQ's sym grid).
+    Asymmetric: the grid spanning [min, max] of the group, offset not rounded to a code.
+    """
+    levels = 2**bits - 1
+    groups = weight.astype(np.float64).reshape(-1, group_size)
+    if symmetric:
+        step = np.abs(groups).max(axis=1, keepdims=True) * 2 / levels
+        middle = (levels + 1) / 2
+        codes = np.clip(np.round(groups / step + middle), 0, levels)
+        return ((codes - middle) * step).reshape(weight.shape)
+    low, high = groups.min(axis=1, keepdims=True), groups.max(axis=1, keepdims=True)
+    step = (high - low) / levels
+    codes = np.clip(np.round((groups - low) / step), 0, levels)
+    return (codes * step + low).reshape(weight.shape)
+
+
+def mean_kld(model_dir: Path, windows: list[list[int]], weights: dict[str, np.ndarray]) -> float:
+    """Mean KL(source || model with `weights`) per token over `windows`, float64 throughout."""
+
+    def log_softmax(logits: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+    total, count = 0.0, 0
+    for window in windows:
+        p = log_softmax(reference_logits(model_dir, window))
+        q = log_softmax(reference_logits(model_dir, window, weights))
+        total += float((np.exp(p) * (p - q)).sum())
+        count += len(window)
+    return total / count
