@@ -126,10 +126,11 @@ def rounding_violations(grid: Grid, original: np.ndarray) -> dict[str, float]:
 
 
 def group_range_bound(grid: Grid, original: np.ndarray, group_size: int) -> np.ndarray:
-    """Per group, max |w - w_hat| over (max - min) / levels: the step of a grid spanning it.
+    """Per group, the largest |w - w_hat| in units of (max - min) / levels.
 
-    An affine grid whose step is the group's range over the number of steps covers the group
-    exactly, so round-to-nearest keeps every error within half that step.
+    That unit is the step of the grid spanning the group exactly, on which round-to-nearest errs
+    by at most half of it; a quantizer that moves its grid (to make an end exact, say) may clip
+    and err by more, which is what the caller bounds.
     """
     rows, columns = original.shape
     w = original.astype(np.float64).reshape(rows, columns // group_size, group_size)

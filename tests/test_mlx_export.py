@@ -144,10 +144,11 @@ def test_stored_codes_round_the_source_weights(
 ) -> None:
     """model.safetensors, dequantized by MLX's affine formula w = scale * q + bias, vs the source.
 
-    mx.quantize is round-to-nearest per group on a grid whose ends are the group's minimum and
-    (to within one step) maximum: every code inside the grid is the nearest one, and no weight is
-    further than one step of (max - min) / (2^bits - 1) from its value (half a step inside, up to
-    one at the clipped end). Both within the bfloat16 rounding of the stored scale and bias.
+    mx.quantize (affine) is round-to-nearest per group on a grid with one end exactly at the
+    group's extreme of larger magnitude and the other within a step of the opposite extreme:
+    every code inside the grid is the nearest one, and no weight is further than one step of
+    (max - min) / (2^bits - 1) from its value (half a step inside, up to one where the far end
+    clips). Both within the bfloat16 rounding of the stored scale and bias.
     """
     source = read_checkpoint(tiny_model)
     matrices = {name.removesuffix(".weight") for name, w in source.items() if w.ndim == 2}
