@@ -1,10 +1,13 @@
 """EXL2 end to end on a CUDA GPU: export the tiny model to 4.0 bpw, load it, compare with FP16.
 
-exllamav2 quantizes and runs only on CUDA, so the tests cover everything around it on a CPU
-(arguments, calibration Parquet, manifest, refusals) and this script covers the rest where a GPU
-exists: our `export --format exl2` runs exllamav2's converter, `Exl2Runner` loads the artifact
-with exllamav2, `eval` compares its logits with the FP16 checkpoint's on the same windows, and
-exllamav2 generates a few tokens. Without CUDA it says so and exits 2.
+exllamav2 quantizes and runs only on CUDA. On a CPU the tests cover everything around it
+(arguments, calibration Parquet, manifest, refusals); where a CUDA device and exllamav2 are, the
+test suite also exports the tiny fixture for real and evaluates it
+(tests/test_all_formats.py::test_exl2_export_is_evaluated_like_the_others). This script records
+the measurements on a better-trained tiny model: our `export --format exl2` runs exllamav2's
+converter, `Exl2Runner` loads the artifact with exllamav2, `eval` compares its logits with the
+FP16 checkpoint's on the same windows, and exllamav2 generates a few tokens. Without a CUDA device
+or without exllamav2 (the condition of tests/cuda.py) it says which and exits 2.
 
     pip install torch 'bielik-quant[exl2]'   # on the GPU machine
     python3 benchmarks/exl2_gpu_check.py --work /tmp/exl2-check
@@ -19,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib import util
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +46,9 @@ def main() -> int:
 
     if not torch.cuda.is_available():
         print("exl2_gpu_check: no CUDA device here; run it on a machine with an NVIDIA GPU")
+        return 2
+    if util.find_spec("exllamav2") is None:
+        print("exl2_gpu_check: exllamav2 is not installed: pip install 'bielik-quant[exl2]'")
         return 2
     model, out = args.work / "tiny-mistral", args.work / "artifacts"
     results = args.work / "results.json"

@@ -14,6 +14,7 @@ import pytest
 from quantize.artifact import MANIFEST
 from quantize.registry import format_names, get_format
 from tests.cli import invoke
+from tests.cuda import EXL2_RUNS_HERE, needs_exl2, without_exl2
 from tests.test_export_errors import assert_fails_cleanly
 
 # One ~4-bit variant per CPU format, made through the command line (GGUF's comes from the
@@ -21,8 +22,10 @@ from tests.test_export_errors import assert_fails_cleanly
 CLI_EXPORTS = {"gptq": "w4g128", "awq": "w4g128", "hqq": "4bit-g64", "mlx": "4bit-g64"}
 # Fast calibration for GPTQ/AWQ on the tiny model: 16 windows of 128 tokens.
 FAST = ("--samples", "16", "--n-ctx", "128", "--threads", "1")
-# Each format's 4-bit mean KLD on the tiny model is 1e-4 … 1e-2; a broken export is far above.
-KLD_BOUND = 0.05
+# llama.cpp's own quants of the same model bracket every ~4-bit artifact: with twice the bits of a
+# 2-bit quant each weight has four times as many levels, with half those of an 8-bit one sixteen
+# times fewer. A 4-bit export must lose more than Q8_0 and less than Q2_K (2.6 bits per weight).
+LADDER = ("Q8_0", "Q2_K")
 
 
 @pytest.fixture(scope="module")
@@ -55,30 +58,62 @@ def test_every_format_is_exported_with_its_manifest(artifacts: dict[str, Path]) 
         assert ("Importance matrix" in card) == (fmt == "gguf"), fmt
 
 
-def test_one_evaluation_and_one_report_cover_every_format(
-    artifacts: dict[str, Path], tiny_model: Path, tmp_path: Path
-) -> None:
+def evaluate(
+    candidates: dict[str, Path], tiny_model: Path, gguf_exports: dict[str, Path], tmp_path: Path
+) -> tuple[dict[str, dict], Path]:
+    """`bielik-quant eval` of the candidates and of the llama.cpp ladder, rows by name."""
+    names = [*candidates, *LADDER]
+    paths = [*candidates.values(), *(gguf_exports[variant] for variant in LADDER)]
     results = tmp_path / "results.json"
     args = ["eval", "--reference", str(tiny_model), "--out", str(results)]
-    for path in artifacts.values():
+    for path in paths:
         args += ["--candidate", str(path)]
     args += ["--ctx", "256", "--chunks", "4", "--cache-dir", str(tmp_path / "cache")]
     result = invoke(*args)
     assert result.returncode == 0, result.stderr
     rows = json.loads(results.read_text("utf-8"))["candidates"]
-    assert [row["format"] for row in rows] == list(artifacts)
-    for row in rows:
-        kld = row["statistics"]["kld"]["mean"]
-        assert 0 < kld < KLD_BOUND, (row["format"], kld)
-        assert row["statistics"]["same_top"]["value"] > 0.8, row["format"]
+    manifests = [json.loads((path / MANIFEST).read_text("utf-8")) for path in paths]
+    assert [(row["format"], row["variant"]) for row in rows] == [
+        (manifest["format"], manifest["variant"]) for manifest in manifests
+    ]
     # Same tokens for everyone: the scored-token count is the reference's.
     assert len({row["statistics"]["count"] for row in rows}) == 1
+    return dict(zip(names, rows, strict=True)), results
+
+
+def assert_between_the_ladder(rows: dict[str, dict], name: str) -> None:
+    kld = {key: row["statistics"]["kld"]["mean"] for key, row in rows.items()}
+    assert kld["Q8_0"] < kld[name] < kld["Q2_K"], (name, kld)
+
+
+def test_one_evaluation_and_one_report_cover_every_format(
+    artifacts: dict[str, Path], tiny_model: Path, gguf_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    rows, results = evaluate(artifacts, tiny_model, gguf_exports, tmp_path)
+    assert [rows[fmt]["format"] for fmt in artifacts] == list(artifacts)
+    for fmt in artifacts:
+        assert_between_the_ladder(rows, fmt)
 
     report = invoke("report", str(results), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     table = (tmp_path / "report" / "report.md").read_text("utf-8")
-    for row in rows:
+    for row in rows.values():
         assert row["variant"] in table and row["format"].upper() in table.upper()
+
+
+@needs_exl2
+def test_exl2_export_is_evaluated_like_the_others(
+    tiny_model: Path, gguf_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """On a CUDA machine with exllamav2: the real converter, then the same eval and ladder."""
+    out, variant = tmp_path / "out", "4.0bpw-h6"
+    args = ["export", str(tiny_model), "--format", "exl2", "-v", variant, "--out", str(out)]
+    result = invoke(*args, "--n-ctx", "256")
+    assert result.returncode == 0, result.stderr
+    path = out / f"{tiny_model.name}-EXL2-{variant}"
+    rows, _ = evaluate({"exl2": path}, tiny_model, gguf_exports, tmp_path)
+    assert (rows["exl2"]["format"], rows["exl2"]["variant"]) == ("exl2", variant)
+    assert_between_the_ladder(rows, "exl2")
 
 
 def test_info_lists_every_format_and_what_is_missing() -> None:
@@ -91,8 +126,8 @@ def test_info_lists_every_format_and_what_is_missing() -> None:
         assert fmt.variants()[0] in result.stdout
         if fmt.missing():
             assert "no: missing" in result.stdout
-    # This CI machine has everything but exllamav2 and a GPU.
-    assert get_format("exl2").missing()
+    # EXL2 is usable exactly where a CUDA device and exllamav2 are; the CPU formats everywhere.
+    assert (not get_format("exl2").missing()) == EXL2_RUNS_HERE
     assert not any(get_format(n).missing() for n in ("gguf", "gptq", "awq", "hqq", "mlx"))
 
 
@@ -105,7 +140,8 @@ def test_unknown_variant_is_one_line_and_no_artifact(
     assert_fails_cleanly(args, out, "Q9_Z", get_format(fmt).variants()[0])
 
 
-def test_exl2_without_cuda_names_what_is_missing(tiny_model: Path, tmp_path: Path) -> None:
+@without_exl2
+def test_exl2_where_it_cannot_run_names_what_is_missing(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["export", str(tiny_model), "--format", "exl2", "-v", "4.0bpw-h6", "--out", str(out)]
     assert_fails_cleanly(args, out, "CUDA", "bielik-quant[exl2]")

@@ -1,4 +1,8 @@
-"""EXL2 without a GPU: everything of ours around exllamav2's converter, and the refusal."""
+"""EXL2 without a GPU: everything of ours around exllamav2's converter, and the refusal.
+
+Every test here runs on any machine (the converter is a stand-in, CUDA is patched away for the
+refusal); the real export on a CUDA machine is tests/test_all_formats.py's.
+"""
 
 import json
 from pathlib import Path
@@ -54,7 +58,7 @@ def request(tiny_model: Path, out: Path, *variants: str) -> ExportRequest:
 def test_without_cuda_export_refuses_and_writes_nothing(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exl2, "_cuda_available", lambda: False)  # as on this CPU machine
+    monkeypatch.setattr(exl2, "_cuda_available", lambda: False)  # any machine, CUDA or not
     assert "a CUDA GPU" in exl2.EXL2().missing()
     with pytest.raises(UnknownVariantError):
         exl2.EXL2().export(request(tiny_model, tmp_path, "Q4_K_M"))
