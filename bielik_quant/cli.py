@@ -210,6 +210,7 @@ def export(
     Every artifact holds the format's own files (loadable by its ecosystem), a model card and
     bielik-quant.json, written last; a failed export leaves no artifact behind.
     """
+    from quantize.quiet import library_output
     from quantize.registry import ExportRequest, get_format
     from quantize.source import ModelSource
 
@@ -228,7 +229,7 @@ def export(
         imatrix={"auto": "auto", "none": None}.get(imatrix.lower(), Path(imatrix)),
         tensor_types=tuple(tensor_type or ()),
     )
-    with progress() as bar:
+    with progress() as bar, library_output():
         artifacts = fmt.export(request, _Bars(bar))
     for artifact in artifacts:
         manifest = artifact.manifest
@@ -332,6 +333,7 @@ def eval_command(
     from eval_quant.statistics import format_blocks
     from eval_quant.suite import Settings, default_cache_dir, load_text, run_suite
     from quantize.artifact import write_json
+    from quantize.quiet import library_output
 
     if out.exists() and not overwrite:
         fail(f"{out} already exists; pass --overwrite to replace it")
@@ -341,7 +343,7 @@ def eval_command(
         output.print(f"\n### {row['name']} ({row['format']} {row['variant']})", highlight=False)
         output.print(format_blocks(row["statistics"]), highlight=False, markup=False)
 
-    with progress() as bar:
+    with progress() as bar, library_output():
         results = run_suite(
             reference, candidate, load_text(text), settings, _Bars(bar), on_candidate=show
         )
@@ -625,5 +627,8 @@ def fail(message: str) -> NoReturn:
 def main() -> None:
     try:
         app()
-    except user_errors() as err:
-        fail(str(err))
+    except Exception as err:  # not SystemExit: a command that ends normally imports nothing here
+        if not isinstance(err, user_errors()):
+            raise
+        # Notes name where a library's output before the failure was kept (quantize.quiet).
+        fail("; ".join([str(err), *getattr(err, "__notes__", ())]))

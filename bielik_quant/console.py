@@ -1,13 +1,28 @@
 """Where the CLI talks to a person: messages and progress on stderr, results on stdout."""
 
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+from quantize.quiet import terminal
+
+
+class _Terminal:
+    """stdout or stderr as they reach the user: while `quantize.quiet.library_output` holds a
+    library's output, our progress bars, messages and results still get through."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(terminal(self.fd), name)
+
+
+console = Console(file=_Terminal(2))
 # Results piped to a file keep whole table rows instead of wrapping at 80 columns.
-output = Console(width=None if sys.stdout.isatty() else 200)
+output = Console(file=_Terminal(1), width=None if sys.stdout.isatty() else 200)
 
 
 def progress() -> Progress:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +33,13 @@ from eval_quant.reference import (
 )
 from eval_quant.statistics import KLDStatistics, TokenStats
 from quantize.registry import Progress, Runner, stage
+from quantize.source import cache_dir
 
 SCHEMA = "bielik-quant.eval/1"
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "bielik-quant" / "reference"
+    return cache_dir() / "reference"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -146,15 +148,91 @@ class ModelSource:
         return sha256_files([self.path / "config.json", *self.weight_files])
 
 
+def cache_dir() -> Path:
+    """Where bielik-quant keeps what it can rebuild: $XDG_CACHE_HOME (or ~/.cache)/bielik-quant."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bielik-quant"
+
+
+HASH_CACHE = "sha256.json"
+
+
 def sha256_files(files: Iterable[Path]) -> str:
-    """One hash over several files, each name then content, streamed (models are gigabytes)."""
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
+    """One hash over several files: of one `name  sha256(content)` line per file, in order.
+
+    Each file's own hash is remembered (see `_HashCache`), so hashing a 7B model a second time
+    reads none of its bytes.
+    """
+    cache = _HashCache.load()
+    lines = "".join(f"{file.name}  {cache.sha256(file)}\n" for file in files)
+    cache.save()
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+class _HashCache:
+    """File hashes in `cache_dir()/sha256.json`, keyed by resolved path and valid while the file's
+    size, mtime (ns) and inode are unchanged: what make and git trust a file by, too.
+
+    A missing, corrupt or unwritable cache only costs a re-read. Saving merges with what another
+    process wrote meanwhile and replaces the file atomically, so readers never see half of one.
+    """
+
+    def __init__(self, entries: dict[str, list]) -> None:
+        self.entries = entries
+        self.new: dict[str, list] = {}
+
+    @classmethod
+    def load(cls) -> _HashCache:
+        return cls(_read_hash_cache(cache_dir() / HASH_CACHE))
+
+    def sha256(self, file: Path) -> str:
+        path = str(file.resolve())
+        stat = file.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = self.entries.get(path)
+        if entry is not None and entry[:3] == key:
+            return entry[3]
         with file.open("rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        self.entries[path] = self.new[path] = [*key, digest]
+        return digest
+
+    def save(self) -> None:
+        if not self.new:
+            return
+        file = cache_dir() / HASH_CACHE
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            entries = _read_hash_cache(file)  # what other processes added since we read it
+            entries.update(self.new)
+            # Forget files that no longer exist, so the cache does not grow without bound.
+            entries = {path: entry for path, entry in entries.items() if os.path.exists(path)}
+            handle, temporary = tempfile.mkstemp(prefix=HASH_CACHE, dir=file.parent)
+        except OSError:
+            return  # a read-only cache directory: the next run hashes again
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(entries, out)
+            os.replace(temporary, file)
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)  # a full disk: the same
+
+
+def _read_hash_cache(file: Path) -> dict[str, list]:
+    """The cache's entries; whatever is not a well-formed cache counts as empty."""
+    try:
+        entries = json.loads(file.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {
+        path: entry
+        for path, entry in entries.items()
+        if isinstance(entry, list)
+        and len(entry) == 4
+        and all(isinstance(value, int) for value in entry[:3])
+        and isinstance(entry[3], str)
+    }
 
 
 def stored_tensors(file: Path) -> dict[str, tuple[tuple[int, ...], int]]:

@@ -1,5 +1,6 @@
 """Shared fixtures. Everything is built locally from our own corpus: nothing comes from a hub."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,15 @@ from calibration_data import load
 from training.tokenizer import train_sentencepiece
 
 TOKENIZER_VOCAB = 4096
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hash and reference caches go to a directory of this run, never the user's ~/.cache (the
+    commands run in subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
