@@ -253,13 +253,14 @@ def imatrix_command(
 ) -> None:
     """Compute an importance matrix from the FP16 model on calibration text (like llama-imatrix)."""
     from quantize.imatrix import compute_imatrix, save_imatrix
+    from quantize.quiet import library_output
     from quantize.source import ModelSource
 
     if out.exists() and not overwrite:
         fail(f"{out} already exists; pass --overwrite to replace it")
     source = ModelSource.open(model)
     text = _calibration(calibration, "calib")
-    with progress() as bar:
+    with progress() as bar, library_output():
         report = _Bars(bar)
         matrix = compute_imatrix(
             source.path, text.texts, n_ctx=n_ctx, max_windows=max_windows,
@@ -388,9 +389,16 @@ def train(
     The recipe's fields are documented in training/config.py. Several processes run the same code
     as `torchrun --nproc_per_node N -m training RECIPE KEY=VALUE ...`.
     """
+    from quantize.quiet import library_output, terminal
     from training.run import run
 
-    code = run(recipe, overrides or [], resume=resume, stop_after=stop_after)
+    # The libraries' output (transformers importing torchao, ...) stays off the terminal; the
+    # run's own lines (steps, the result, a one-line error) reach it through `terminal`.
+    with library_output():
+        code = run(
+            recipe, overrides or [], resume=resume, stop_after=stop_after,
+            out=terminal(1), err=terminal(2),
+        )  # fmt: skip
     if code:
         raise typer.Exit(code)
 
@@ -585,6 +593,7 @@ def make_tiny_model(
 
     from calibration_data import load
     from quantize.artifact import staged
+    from quantize.quiet import library_output
     from training.tiny_model import TinyMistral, build_tiny_mistral
     from training.tokenizer import train_sentencepiece
 
@@ -595,6 +604,7 @@ def make_tiny_model(
         tempfile.TemporaryDirectory() as tmp,
         console.status("training a tiny Mistral"),
         staged(out, overwrite=False) as staging,
+        library_output(),
     ):
         staging.rmdir()  # build_tiny_mistral creates its directory; staged() still cleans up
         tokenizer = train_sentencepiece(texts, Path(tmp) / "tokenizer", 4096)

@@ -157,3 +157,27 @@ def test_a_failure_keeps_the_library_output_in_a_log_named_by_the_error(
     log = Path(match[1]).read_text()
     assert log.splitlines() == ["the library explains the failure", "native detail"]
     assert Path(match[1]).is_relative_to(Path(os.environ["XDG_CACHE_HOME"]))
+
+
+def test_imatrix_and_train_print_only_their_lines(tiny_model: Path, tmp_path: Path) -> None:
+    """Both load the model through transformers (which imports torchao) like export does."""
+    matrix = tmp_path / "imatrix.gguf"
+    result = run_cli(
+        "imatrix", str(tiny_model), "--out", str(matrix), "--n-ctx", "64", "--max-windows", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    assert re.fullmatch(rf"{re.escape(str(matrix))}  \d+ tensors, 2 windows of 64\n", result.stdout)
+
+    out = tmp_path / "sft"
+    result = run_cli(
+        "train", "tiny-sft", f"model={tiny_model}", f"out={out}", "epochs=0", "max_steps=2",
+        "log_every=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    step = r"step [12]/2 loss [\d.]+ acc [\d.]+ lr \S+ grad [\d.]+ [\d,]+ tok/s"
+    assert [re.fullmatch(step, line) is not None for line in result.stderr.splitlines()] == [
+        True,
+        True,
+    ], result.stderr
+    assert result.stdout == f"{out / 'final'}\n"
