@@ -58,3 +58,14 @@ def gguf_exports(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
     result = invoke(*args)
     assert result.returncode == 0, result.stderr
     return {variant: out / f"{tiny_model.name}-GGUF-{variant}" for variant in EXPORTED_VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def one_step_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
+    """The tiny Mistral after one training step: enough for input and metadata checks, and cheap."""
+    from training.tiny_model import TinyMistral, build_tiny_mistral
+
+    out = tmp_path_factory.mktemp("one-step") / "one-step-mistral"
+    return build_tiny_mistral(
+        tiny_tokenizer, load("pl-en", split="train").texts, out, TinyMistral(train_steps=1)
+    )

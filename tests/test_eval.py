@@ -237,16 +237,6 @@ def test_report_refuses_results_of_another_text(
 
 
 @pytest.fixture(scope="module")
-def one_step_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
-    """The tiny Mistral after one training step: enough for input checks, and cheap."""
-    from training.tiny_model import TinyMistral, build_tiny_mistral
-
-    out = tmp_path_factory.mktemp("one-step") / "one-step-mistral"
-    texts = load("pl-en", split="train").texts
-    return build_tiny_mistral(tiny_tokenizer, texts, out, TinyMistral(train_steps=1))
-
-
-@pytest.fixture(scope="module")
 def f16_file(tmp_path_factory: pytest.TempPathFactory, one_step_model: Path) -> Path:
     from quantize.gguf.convert import convert_to_gguf
 

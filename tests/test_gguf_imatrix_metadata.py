@@ -16,31 +16,22 @@ DATASET = "pl-en (calib)"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Path:
-    """The tiny Mistral after one training step: metadata checks need no trained weights."""
-    from training.tiny_model import TinyMistral, build_tiny_mistral
-
-    out = tmp_path_factory.mktemp("imatrix-keys-model") / "one-step-mistral"
-    texts = load("pl-en", split="train").texts
-    return build_tiny_mistral(tiny_tokenizer, texts, out, TinyMistral(train_steps=1))
-
-
-@pytest.fixture(scope="module")
 def exports(
-    tmp_path_factory: pytest.TempPathFactory, model: Path
+    tmp_path_factory: pytest.TempPathFactory, one_step_model: Path
 ) -> tuple[ImportanceMatrix, dict[bool, Path]]:
     """A small imatrix, and the bare Q4_K_M .gguf made with it (True) and without one (False)."""
     tmp = tmp_path_factory.mktemp("imatrix-keys")
     texts = load("pl-en", split="calib").texts
-    matrix = compute_imatrix(model, texts, n_ctx=64, max_windows=3, dataset_name=DATASET)
+    matrix = compute_imatrix(one_step_model, texts, n_ctx=64, max_windows=3, dataset_name=DATASET)
     save_imatrix(matrix, tmp / "matrix.gguf")
     files = {}
     for used, choice in ((True, str(tmp / "matrix.gguf")), (False, "none")):
         out = tmp / str(used)
-        result = invoke("export", str(model), "--variant", "Q4_K_M", "--imatrix", choice,
+        result = invoke("export", str(one_step_model), "--variant", "Q4_K_M", "--imatrix", choice,
                         "--out", str(out))  # fmt: skip
         assert result.returncode == 0, result.stderr
-        [files[used]] = (out / f"{model.name}-GGUF-Q4_K_M").glob(f"{model.name}*.gguf")
+        name = one_step_model.name
+        [files[used]] = (out / f"{name}-GGUF-Q4_K_M").glob(f"{name}*.gguf")
     return matrix, files
 
 
@@ -61,11 +52,11 @@ def test_the_keys_describe_the_imatrix(exports: tuple[ImportanceMatrix, dict[boo
 
 
 def test_eval_of_the_bare_file_reports_the_imatrix(
-    exports: tuple[ImportanceMatrix, dict[bool, Path]], model: Path, tmp_path: Path
+    exports: tuple[ImportanceMatrix, dict[bool, Path]], one_step_model: Path, tmp_path: Path
 ) -> None:
     _, files = exports
     out = tmp_path / "results.json"
-    result = invoke("eval", "--reference", str(model), "--candidate", str(files[True]),
+    result = invoke("eval", "--reference", str(one_step_model), "--candidate", str(files[True]),
                     "--candidate", str(files[False]), "--out", str(out), "--ctx", "64",
                     "--chunks", "2", "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
     assert result.returncode == 0, result.stderr
