@@ -28,6 +28,11 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
+# The tiny model's matrix products in sequence (7 per decoder block, then lm_head) and the
+# widest sum among them (the FFN): what the float32 rounding of a forward pass grows with.
+PRODUCTS, WIDTH = 4 * 7 + 1, 768
+
+
 def safetensors_header(path: Path) -> dict[str, dict]:
     """A .safetensors file's header: per tensor its dtype, shape and data offsets."""
     with Path(path).open("rb") as stream:
@@ -290,6 +295,26 @@ def float32_tolerance(logits: np.ndarray, n_products: int, width: int) -> float:
     """
     u = 2.0**-24
     return 8 * np.sqrt(n_products * width) * u * float(np.abs(logits).max())
+
+
+def assert_runs_stored_weights(
+    logits: np.ndarray,
+    model_dir: Path,
+    tokens: list[int],
+    weights: dict[str, np.ndarray],
+    source: np.ndarray,
+    label: str,
+) -> None:
+    """A float32 runner's `logits` are those of the weights its artifact stores.
+
+    Expected are transformers' float64 logits of `model_dir` with `weights` in place; the runner
+    may differ from them by float32 rounding (`float32_tolerance`), while the source model's own
+    logits (`source`) must differ by far more, else the comparison could not tell the two apart.
+    """
+    expected = reference_logits(model_dir, tokens, weights)
+    tolerance = float32_tolerance(expected, PRODUCTS, WIDTH)
+    assert np.abs(logits - expected).max() <= tolerance, label
+    assert np.abs(source - expected).max() > 10 * tolerance, label
 
 
 def hqq_grids(artifact: Path) -> dict[str, Grid]:
