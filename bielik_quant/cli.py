@@ -10,11 +10,11 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from bielik_quant import __version__
-from bielik_quant.console import console, output, progress
+from bielik_quant.commands.release import demo_command, release_command
+from bielik_quant.console import Bars, console, output, progress
 from calibration_data import BUILTIN, Calibration, CalibrationError
 
 # Our own rich progress bars replace the tqdm bars transformers draws when loading weights.
@@ -137,19 +137,6 @@ def _calibration(text: str, split: str | None) -> Calibration:
     return load(text, split=split if text == BUILTIN else None)
 
 
-class _Bars:
-    """Turns `(description, done, total)` progress calls into rich progress bars, one per stage."""
-
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, description: str, done: int, total: int) -> None:
-        if description not in self.tasks:
-            self.tasks[description] = self.bar.add_task(description, total=total)
-        self.bar.update(self.tasks[description], completed=done, total=total)
-
-
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],
@@ -230,7 +217,7 @@ def export(
         tensor_types=tuple(tensor_type or ()),
     )
     with progress() as bar, library_output():
-        artifacts = fmt.export(request, _Bars(bar))
+        artifacts = fmt.export(request, Bars(bar))
     for artifact in artifacts:
         manifest = artifact.manifest
         output.print(
@@ -261,7 +248,7 @@ def imatrix_command(
     source = ModelSource.open(model)
     text = _calibration(calibration, "calib")
     with progress() as bar, library_output():
-        report = _Bars(bar)
+        report = Bars(bar)
         matrix = compute_imatrix(
             source.path, text.texts, n_ctx=n_ctx, max_windows=max_windows,
             dataset_name=text.name, on_window=lambda done, total: report("windows", done, total),
@@ -346,7 +333,7 @@ def eval_command(
 
     with progress() as bar, library_output():
         results = run_suite(
-            reference, candidate, load_text(text), settings, _Bars(bar), on_candidate=show
+            reference, candidate, load_text(text), settings, Bars(bar), on_candidate=show
         )
     write_json(out, results)
     cache = results["cache"]
@@ -612,6 +599,10 @@ def make_tiny_model(
     output.print(f"{out}")
 
 
+app.command("release")(release_command)
+app.command("demo")(demo_command)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user's input is wrong: shown as one line, never a traceback."""
     from bielik_quant.tokenizer_stats import TokenizerLoadError
@@ -619,11 +610,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from quantize.errors import QuantizeError
     from training.data.pipeline import PipelineError
     from training.data.quality import QualityError
+    from training.run import USER_ERRORS as TRAINING_ERRORS
     from training.tokenizer import TokenizerTrainingError
 
     return (
         CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError, EvalError,
-        PipelineError, QualityError,
+        PipelineError, QualityError, *TRAINING_ERRORS,
     )  # fmt: skip
 
 

@@ -4,7 +4,14 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from quantize.quiet import terminal
 
@@ -35,3 +42,22 @@ def progress() -> Progress:
         console=console,
         transient=True,
     )
+
+
+class Bars:
+    """Turns `(description, done, total)` progress calls into rich progress bars, one per stage."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        if description not in self.tasks:
+            self.tasks[description] = self.bar.add_task(description, total=total)
+        self.bar.update(self.tasks[description], completed=done, total=total)
+
+    def clear(self) -> None:
+        """Remove the bars drawn so far (a finished stage's)."""
+        for task in self.tasks.values():
+            self.bar.remove_task(task)
+        self.tasks.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,13 +233,28 @@ def run_suite(
     settings: Settings,
     progress: Progress | None = None,
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
+    rows_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every candidate against the reference; the whole of results.json."""
+    """Evaluate every candidate against the reference; the whole of results.json.
+
+    With `rows_dir`, each candidate's row is kept there as soon as it is measured, and a row
+    already there for the same candidate (content hash) and reference cache is reused: a run that
+    was killed goes on from the candidates it had not measured.
+    """
     infos = [describe(path) for path in candidates]  # a missing path fails before any work
     cache, status = reference_cache(describe(reference), text, settings, progress)
     results = results_header(cache, settings, status)
     for info in infos:
-        row = evaluate(info, cache, text, settings, progress)
+        saved = rows_dir / f"{info.sha256}-{cache.meta['key']}.json" if rows_dir else None
+        if saved is not None and saved.is_file():
+            row = {**json.loads(saved.read_text("utf-8")), **info.to_dict()}
+        else:
+            row = evaluate(info, cache, text, settings, progress)
+            if saved is not None:
+                from quantize.artifact import write_json
+
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                write_json(saved, row)
         results["candidates"].append(row)
         if on_candidate:
             on_candidate(row)

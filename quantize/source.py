@@ -15,7 +15,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -164,6 +164,20 @@ def sha256_files(files: Iterable[Path]) -> str:
     """
     cache = _HashCache.load()
     lines = "".join(f"{file.name}  {cache.sha256(file)}\n" for file in files)
+    cache.save()
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def sha256_tree(root: Path, skip: Callable[[Path], bool] | None = None) -> str:
+    """One hash over every file under `root`: a `relative/path  sha256(content)` line per file,
+    sorted by path; `skip(relative_path)` leaves files out. Remembered like `sha256_files`."""
+    cache = _HashCache.load()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    lines = ""
+    for file in files:
+        relative = file.relative_to(root)
+        if skip is None or not skip(relative):
+            lines += f"{relative.as_posix()}  {cache.sha256(file)}\n"
     cache.save()
     return hashlib.sha256(lines.encode()).hexdigest()
 

@@ -17,14 +17,14 @@ download of whatever hub repository happens to have that name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from calibration_data import BUILTIN
 from calibration_data.manifest import CORPUS_SPLITS
+from training import settings
+from training.settings import ConfigError, parse_overrides  # noqa: F401 (tests import them here)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 TASKS = ("pretrain", "sft")
@@ -32,10 +32,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL = ("none", "ddp", "fsdp")
 HUB = "hf:"  # model=hf:ORG/NAME: from the Hugging Face hub; anything else is a local directory
 SFT_BUILTIN = "sft"  # our corpus's SFT conversations
-
-
-class ConfigError(ValueError):
-    """A recipe or an override names an unknown field or gives a value the trainer cannot use."""
 
 
 @dataclass(frozen=True)
@@ -163,19 +159,18 @@ def field_names() -> list[str]:
 
 
 def load_config(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A recipe (a name in training/recipes/ or a YAML path) with KEY=VALUE overrides applied."""
-    import yaml
+    """A recipe (a name in training/recipes/ or a YAML path) with KEY=VALUE overrides applied.
 
-    path = recipe_path(recipe)
-    try:
-        values = yaml.safe_load(path.read_text("utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of field: value")
-    changes = typed(values, source=str(path))
-    changes |= typed(parse_overrides(overrides), source="the command line")
-    return TrainConfig(**changes)  # checked once, recipe and overrides together
+    Recipe and overrides are checked together, once (`training.settings`, the loader release
+    recipes share).
+    """
+    return settings.load(TrainConfig, recipe_path(recipe), overrides)
+
+
+def build_config(recipe: str | Path, changes: dict[str, Any]) -> TrainConfig:
+    """A recipe with fields replaced by `changes` (a mapping, as a release recipe holds them)."""
+    values = typed(settings.read_yaml(recipe_path(recipe)), source=str(recipe_path(recipe)))
+    return settings.construct(TrainConfig, settings.merge(values, typed(changes, "the overrides")))
 
 
 def recipe_path(recipe: str | Path) -> Path:
@@ -191,84 +186,6 @@ def recipe_path(recipe: str | Path) -> Path:
     return named
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`["lr=1e-4", "betas=[0.9, 0.99]"]` → {"lr": 1e-4, "betas": [0.9, 0.99]} (values as YAML)."""
-    import yaml
-
-    values = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE")
-        values[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-    return values
-
-
 def typed(values: dict[str, Any], source: str) -> dict[str, Any]:
     """`values` for TrainConfig's fields, each parsed by the field's type; unknown names refused."""
-    hints = typing.get_type_hints(TrainConfig)
-    known = field_names()
-    changes = {}
-    for key, value in values.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{source}: unknown field {key!r}{hint}; valid fields: {', '.join(known)}"
-            )
-        changes[key] = coerce(key, value, hints[key], source)
-    return changes
-
-
-def coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """`value` as the field's type: YAML gives ints for floats and lists for tuples."""
-    if hint is Any:
-        return value
-    origin = typing.get_origin(hint)
-    wrong = ConfigError(f"{source}: {key} must be {_describe(hint)}, got {value!r}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise wrong from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise wrong
-        return str(value)
-    if origin is tuple:
-        items = value if isinstance(value, list | tuple) else [value]
-        args = typing.get_args(hint)
-        item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
-        if len(item_types) != len(items):
-            raise wrong
-        return tuple(coerce(key, v, t, source) for v, t in zip(items, item_types, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise wrong
-        _, value_type = typing.get_args(hint)
-        return {str(k): coerce(key, v, value_type, source) for k, v in value.items()}
-    raise TypeError(f"field {key} has a type the config cannot parse: {hint}")  # our bug
-
-
-def _describe(hint: Any) -> str:
-    if isinstance(hint, type):
-        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}[
-            hint.__name__
-        ]
-    if typing.get_origin(hint) is tuple:
-        return "a list"
-    if typing.get_origin(hint) is dict:
-        return "a mapping"
-    return str(hint)
+    return settings.typed(TrainConfig, values, source)

@@ -12,6 +12,7 @@ The whole directory is filled under a hidden name and renamed into place when co
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -168,7 +169,10 @@ def run_step(
         jobs = enumerate(shards(read_documents(source, text_field, skipped), shard_size))
         work = partial(_process_shard, step, text_field, staging)
         if num_proc > 1:
-            with ProcessPoolExecutor(num_proc) as pool:
+            # Spawned, not forked: a fork copies whatever threads the parent runs (OpenMP's, once
+            # xgboost or torch has worked in it) without them, and the workers then hang.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(num_proc, mp_context=spawn) as pool:
                 total = _collect(_in_order(pool, work, jobs, 2 * num_proc), on_shard)
         else:
             total = _collect(map(work, jobs), on_shard)
