@@ -15,7 +15,8 @@ inputs=(pyproject.toml .ci/constraints.txt .ci/gptqmodel-requirements.txt script
 say() { echo "setup-venv: $*" >&2; }
 needs_311() {
     if ! "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-        say "Python 3.11 or newer is needed; $1 is $("$1" --version 2>&1 || echo missing)" \
+        version=$("$1" --version 2>/dev/null) || version="not found"
+        say "Python 3.11 or newer is needed; $1 is $version" \
             "(run make with PYTHON=/path/to/python3.11)"
         exit 1
     fi
@@ -76,7 +77,8 @@ pip install "llama-cpp-python>=0.3.36"
 # GPTQModel 7.7 declares torch>=2.14.1 but runs on 2.13: itself without its declared
 # dependencies, then those dependencies (torch excepted) and optimum, which transformers needs to
 # load GPTQ/AWQ checkpoints.
-say "gptqmodel 7.7.0 and its dependencies but torch"
+say "gptqmodel 7.7.0, then its dependencies but torch" \
+    "(pip then says it wants torch>=2.14.1: expected)"
 pip install --no-deps "gptqmodel==7.7.0"
 pip install -r .ci/gptqmodel-requirements.txt
 
