@@ -1,0 +1,1 @@
+"""The release road: the stages from data to the release folder a user uploads."""
