@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from eval_quant.errors import EvalError
+from eval_quant.schema import REQUIRED, ROW_KEY, SCHEMA
 from quantize.model_card import number, plus_minus, significant
 
-SCHEMA = "bielik-quant.eval/1"
 GIB = 2**30
 # Formats in the order the table shows them; any other format follows, alphabetically.
 FORMAT_ORDER = ("gguf", "hf", "awq", "gptq", "hqq", "mlx", "exl2")
@@ -80,7 +80,7 @@ class Model:
             imatrix=data.get("imatrix"),
             size_bytes=int(data["size_bytes"]),
             bits_per_weight=_float_or_none(data.get("bits_per_weight")),
-            sha256=data["sha256"],
+            sha256=data[ROW_KEY],
         )
 
     @property
@@ -218,7 +218,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise ReportError(
             f'{path}: not a results file of `bielik-quant eval` (no "schema": "{SCHEMA}")'
         )
-    missing = [k for k in ("reference", "text", "n_ctx", "candidates", "versions") if k not in data]
+    missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ReportError(f"{path}: results file lacks {', '.join(missing)}")
     return data

@@ -387,3 +387,23 @@ def test_skip_marks_exactly_the_dominated_rows() -> None:
                 for o in rows
             )
             assert line.startswith("skip") == dominated
+
+
+def test_the_suite_writes_the_schema_the_readers_document(inputs: dict[str, Any]) -> None:
+    """eval_quant.schema describes results.json for every reader: a real file has its keys."""
+    from eval_quant import schema
+
+    def keys(typed: Any) -> set[str]:
+        return set(typed.__required_keys__) | set(typed.__optional_keys__)
+
+    data = json.loads(inputs["results"].read_text("utf-8"))
+    assert data["schema"] == schema.SCHEMA
+    assert set(data) == keys(schema.Results)
+    assert set(data["reference"]) == keys(schema.Model)
+    for row in data["candidates"]:
+        assert set(row) == keys(schema.Candidate)
+        assert set(row["statistics"]) == keys(schema.Statistics)
+        for name in ("ppl", "ppl_base", "ppl_diff", "rms_p_diff", "same_top"):
+            assert set(row["statistics"][name]) == keys(schema.Estimate)
+        for name in ("kld", "p_diff"):
+            assert {"mean", "uncertainty", "max", "median", "min"} <= set(row["statistics"][name])

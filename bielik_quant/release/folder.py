@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval_quant import schema
 from eval_quant.report import (
     Candidate,
     Difference,
@@ -184,7 +185,7 @@ def _row_paths(measured: Results) -> set[str]:
     """The candidate paths the results files recorded (only for a clearer refusal)."""
     found = set()
     for source in measured.sources:
-        data = json.loads(source.path.read_text("utf-8"))
+        data: schema.Results = json.loads(source.path.read_text("utf-8"))
         found.update(str(row.get("path")) for row in data["candidates"])
     return found
 
