@@ -407,3 +407,27 @@ def test_the_suite_writes_the_schema_the_readers_document(inputs: dict[str, Any]
             assert set(row["statistics"][name]) == keys(schema.Estimate)
         for name in ("kld", "p_diff"):
             assert {"mean", "uncertainty", "max", "median", "min"} <= set(row["statistics"][name])
+
+
+def test_a_report_from_other_results_is_refused(inputs: dict[str, Any], tmp_path: Path) -> None:
+    """The index, the cards and the report beside them must show the same measurements."""
+    from eval_quant.report import load_results, write_report
+
+    data = json.loads(inputs["results"].read_text("utf-8"))
+    dropped = data["candidates"].pop()
+    (tmp_path / "fewer.json").write_text(json.dumps(data), "utf-8")
+    write_report(load_results([tmp_path / "fewer.json"]), tmp_path / "report")
+    with pytest.raises(ReleaseFolderError, match="written from other results") as error:
+        assemble_release(
+            inputs["artifacts"], inputs["results"], tmp_path / "report", tmp_path / "out", NAME
+        )
+    assert str(Path(dropped["path"])) in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_as_out_is_refused(inputs: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    out.write_text("mine", "utf-8")
+    with pytest.raises(ReleaseFolderError, match="not a release folder"):
+        assemble_release(inputs["artifacts"], inputs["results"], inputs["report"], out, NAME)
+    assert out.read_text("utf-8") == "mine"

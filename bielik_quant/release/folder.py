@@ -17,6 +17,7 @@ place (quantize.artifact.staged): it is the whole old release or the whole new o
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -107,9 +108,11 @@ def assemble_release(
     missing = [f for f in report_files() if not (report_dir / f).is_file()]
     if missing:
         raise ReleaseFolderError(f"{report_dir} is not a report folder (no {', '.join(missing)})")
-    if out.exists() and any(out.iterdir()) and not (out / RELEASE_JSON).is_file():
+    # `out` is replaced whole, so it may only be empty or an earlier release.
+    if out.exists() and not (out.is_dir() and (_empty(out) or (out / RELEASE_JSON).is_file())):
         raise ReleaseFolderError(f"{out} exists and is not a release folder; choose a new --out")
     entries = _entries(artifacts, measured, name)
+    _check_report(report_dir, entries)
 
     with staged(out, overwrite=True) as staging:
         for entry in entries:
@@ -220,6 +223,22 @@ def _separate(entries: list[Entry]) -> list[Entry]:
     return sorted(result, key=lambda e: position[e.source])
 
 
+def _empty(folder: Path) -> bool:
+    return next(folder.iterdir(), None) is None
+
+
+def _check_report(report_dir: Path, entries: Sequence[Entry]) -> None:
+    """The report beside the index must show the same measurements: every released file's row."""
+    with (report_dir / "report.csv").open(encoding="utf-8", newline="") as f:
+        shown = {row["sha256"] for row in csv.DictReader(f)}
+    absent = [e.source for e in entries if e.candidate.model.sha256 not in shown]
+    if absent:
+        raise ReleaseFolderError(
+            f"{report_dir} was written from other results: it has no row for {absent[0]}; "
+            "write the report from the same results.json"
+        )
+
+
 def _without_imatrix_name(entry: Entry) -> Entry:
     directory = entry.directory + NO_IMATRIX_SUFFIX
     files = dict(entry.manifest["files"])
@@ -261,7 +280,8 @@ def _write_artifact(entry: Entry, target: Path, measured: Results, license_id: s
 
 def _link_or_copy(source: Path, destination: Path) -> None:
     """A hard link costs no space and no time for gigabytes of weights; across filesystems (or
-    where links are not allowed) a copy. The original is never moved or changed."""
+    where links are not allowed) a copy. The original is never moved or changed; sharing its
+    inode is safe because exporters replace an artifact directory whole, never a file in place."""
     try:
         os.link(source, destination)
     except OSError:
