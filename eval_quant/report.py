@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from eval_quant.errors import EvalError
+from eval_quant.schema import REQUIRED, ROW_KEY, SCHEMA
+from quantize.model_card import number, plus_minus, significant
 
-SCHEMA = "bielik-quant.eval/1"
 GIB = 2**30
 # Formats in the order the table shows them; any other format follows, alphabetically.
 FORMAT_ORDER = ("gguf", "hf", "awq", "gptq", "hqq", "mlx", "exl2")
@@ -79,7 +80,7 @@ class Model:
             imatrix=data.get("imatrix"),
             size_bytes=int(data["size_bytes"]),
             bits_per_weight=_float_or_none(data.get("bits_per_weight")),
-            sha256=data["sha256"],
+            sha256=data[ROW_KEY],
         )
 
     @property
@@ -217,7 +218,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise ReportError(
             f'{path}: not a results file of `bielik-quant eval` (no "schema": "{SCHEMA}")'
         )
-    missing = [k for k in ("reference", "text", "n_ctx", "candidates", "versions") if k not in data]
+    missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ReportError(f"{path}: results file lacks {', '.join(missing)}")
     return data
@@ -280,6 +281,88 @@ def report_files() -> list[str]:
     return [f"{name}.png" for name in PLOTS] + ["report.csv", "report.md", "report.html"]
 
 
+# --- does the importance matrix help? ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How a quantity moved from the variant without an imatrix to the one with it.
+
+    `noise` is sqrt(u_without² + u_with²): the two rows' uncertainties combined as if independent.
+    Both rows score the same tokens, so their errors are positively correlated and the true noise
+    of the difference is, if anything, smaller: "beyond the uncertainty" is the safe claim.
+    """
+
+    without: float
+    with_: float
+    noise: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        return abs(self.with_ - self.without) > self.noise
+
+    @classmethod
+    def of(cls, without: Estimate, with_: Estimate) -> Difference:
+        return cls(without.value, with_.value, math.hypot(without.uncertainty, with_.uncertainty))
+
+
+@dataclass(frozen=True)
+class ImatrixComparison:
+    """One variant measured both with and without an importance matrix."""
+
+    format: str
+    variant: str
+    kld: Difference
+    ppl: Difference  # from ΔPPL's paired uncertainties, which are far tighter than PPL's own
+
+    @property
+    def verdict(self) -> str:
+        """ "helps", "hurts" or "no measurable effect", judged by KLD (what the imatrix targets)."""
+        if not self.kld.beyond_noise:
+            return "no measurable effect"
+        return "helps" if self.kld.with_ < self.kld.without else "hurts"
+
+    def sentence(self) -> str:
+        """E.g. "Q2_K: the imatrix raised KLD 0.0446 → 0.0539 (beyond the uncertainty ±0.002)
+        and PPL …; on this model it does not help at this level." """
+        kld = _moved("KLD", self.kld, lambda v: _significant(v, 3))
+        ppl = _moved("PPL", self.ppl, lambda v: _num(v, ".4g"))
+        conclusion = {
+            "helps": "on this model it helps at this level",
+            "hurts": "on this model it does not help at this level",
+            "no measurable effect": "on this model its effect at this level is within the noise",
+        }[self.verdict]
+        return f"{self.variant}: the imatrix {kld} and {ppl}; {conclusion}."
+
+
+def _moved(what: str, d: Difference, show: Callable[[float], str]) -> str:
+    verb = "lowered" if d.with_ < d.without else "raised" if d.with_ > d.without else "kept"
+    where = "beyond" if d.beyond_noise else "within"
+    noise = _significant(d.noise, 2) if d.noise > 0 else "0"
+    return f"{verb} {what} {show(d.without)} → {show(d.with_)} ({where} the uncertainty ±{noise})"
+
+
+def imatrix_comparisons(candidates: Sequence[Candidate]) -> list[ImatrixComparison]:
+    """Every (format, variant) present both with and without an imatrix, in the given order."""
+    pairs: dict[tuple[str, str], dict[bool, Candidate]] = {}
+    for c in candidates:
+        if c.model.imatrix is not None:
+            pairs.setdefault((c.model.format, c.model.variant), {})[c.model.imatrix] = c
+    comparisons = []
+    for (fmt, variant), pair in pairs.items():
+        if len(pair) == 2:
+            without, with_ = pair[False], pair[True]
+            ppl = Difference(
+                without.ppl.value,
+                with_.ppl.value,
+                math.hypot(without.ppl_diff.uncertainty, with_.ppl_diff.uncertainty),
+            )
+            comparisons.append(
+                ImatrixComparison(fmt, variant, Difference.of(without.kld, with_.kld), ppl)
+            )
+    return comparisons
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -334,6 +417,7 @@ def _context(results: Results) -> dict[str, Any]:
         "reference_row": reference_row,
         "groups": groups,
         "explanations": EXPLANATIONS,
+        "imatrix_notes": [c.sentence() for c in imatrix_comparisons(results.sorted_candidates())],
     }
 
 
@@ -452,28 +536,10 @@ def _data_uri(png: Path) -> str:
 # --- number formatting -------------------------------------------------------------------------
 
 
-def _pm(value: float, uncertainty: float | None, signed: bool = False) -> str:
-    """value ± uncertainty, the uncertainty to two significant digits and the value to match."""
-    if not math.isfinite(value):
-        return "—"
-    sign = "+" if signed else ""
-    if uncertainty is None or not math.isfinite(uncertainty) or uncertainty <= 0:
-        return f"{value:{sign}.4f}"  # too few tokens for an uncertainty (llama.cpp: count <= 10)
-    decimals = min(8, max(0, 1 - math.floor(math.log10(uncertainty))))
-    return f"{value:{sign}.{decimals}f} ± {uncertainty:.{decimals}f}"
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "—" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _significant(value: float, digits: int) -> str:
-    """`digits` significant digits in fixed notation: 0.000046359, never 4.6359e-05 in a table."""
-    if not math.isfinite(value):
-        return "—"
-    if value == 0:
-        return "0"
-    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
+# One formatting for the report, the model cards and the release index (quantize.model_card).
+_pm = plus_minus
+_num = number
+_significant = significant
 
 
 def _gib(size_bytes: int) -> str:

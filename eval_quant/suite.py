@@ -32,11 +32,10 @@ from eval_quant.reference import (
     save_cache,
     scored_range,
 )
+from eval_quant.schema import SCHEMA
 from eval_quant.statistics import KLDStatistics, TokenStats
 from quantize.registry import Progress, Runner, stage
 from quantize.source import cache_dir
-
-SCHEMA = "bielik-quant.eval/1"
 
 
 def default_cache_dir() -> Path:

@@ -456,3 +456,53 @@ def test_a_folder_with_other_files_is_refused_and_kept(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"notes\.txt"):
         write_report(results, out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("without", "with_", "verb", "where", "conclusion"),
+    [
+        ((0.0446, 0.0010), (0.0539, 0.0015), "raised", "beyond", "it does not help at this level"),
+        ((0.0539, 0.0010), (0.0446, 0.0015), "lowered", "beyond", "it helps at this level"),
+        ((0.0451, 0.0010), (0.0455, 0.0015), "raised", "within", "its effect at this level is "
+         "within the noise"),
+        # Just beyond and just within the combined uncertainty 0.0018 (not 0.0025 = u₁ + u₂).
+        ((0.0451, 0.0010), (0.0473, 0.0015), "raised", "beyond", "it does not help at this level"),
+        ((0.0473, 0.0010), (0.0457, 0.0015), "lowered", "within", "its effect at this level is "
+         "within the noise"),
+    ],
+)  # fmt: skip
+def test_the_report_says_in_words_whether_the_imatrix_helps(
+    tmp_path: Path,
+    without: tuple[float, float],
+    with_: tuple[float, float],
+    verb: str,
+    where: str,
+    conclusion: str,
+) -> None:
+    """Judged by KLD against sqrt(u₁² + u₂²); a variant measured only one way gets no sentence."""
+    data = fake_results(
+        [("gguf", "Q8_0", 8.5, True), ("gguf", "Q2_K", 2.63, False), ("gguf", "Q2_K", 2.63, True)]
+    )
+    for c in data["candidates"]:
+        if c["variant"] == "Q2_K":
+            kld, uncertainty = with_ if c["imatrix"] else without
+            c["statistics"]["kld"].update(mean=kld, uncertainty=uncertainty)
+    files = write_report(load_results([save(data, tmp_path / "r.json")]), tmp_path / "out")
+    noise = math.sqrt(without[1] ** 2 + with_[1] ** 2)  # 0.0018
+    expected = (
+        f"Q2_K: the imatrix {verb} KLD {without[0]} → {with_[0]} ({where} the uncertainty "
+        f"±{noise:.2g})"
+    )
+    for kind in ("md", "html"):
+        text = files[kind].read_text(encoding="utf-8")
+        assert "Does the importance matrix help?" in text
+        notes = [line for line in text.splitlines() if "the imatrix" in line and "KLD" in line]
+        assert len(notes) == 1 and expected in notes[0]
+        assert f"; on this model {conclusion}." in notes[0]
+        assert "Q8_0:" not in text
+
+
+def test_no_imatrix_paragraph_without_a_pair(tmp_path: Path) -> None:
+    data = fake_results(CANDIDATES[:3])
+    files = write_report(load_results([save(data, tmp_path / "r.json")]), tmp_path / "out")
+    assert "Does the importance matrix help?" not in files["md"].read_text(encoding="utf-8")
