@@ -605,6 +605,7 @@ app.command("demo")(demo_command)
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the user's input is wrong: shown as one line, never a traceback."""
+    from bielik_quant.release.folder import ReleaseFolderError
     from bielik_quant.tokenizer_stats import TokenizerLoadError
     from eval_quant.errors import EvalError
     from quantize.errors import QuantizeError
@@ -615,7 +616,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     return (
         CalibrationError, TokenizerLoadError, TokenizerTrainingError, QuantizeError, EvalError,
-        PipelineError, QualityError, *TRAINING_ERRORS,
+        PipelineError, QualityError, ReleaseFolderError, *TRAINING_ERRORS,
     )  # fmt: skip
 
 

@@ -73,8 +73,9 @@ def run_road(config: object, out: Path, from_stage: str | None) -> None:
 
         def on_stage(k: int, n: int, name: str, status: str) -> None:
             if status in ("running", "resuming"):
-                word = "resuming" if status == "resuming" else "running"
-                bar.update(road, description=f"[{k}/{n}] {name} ({word})", completed=k - 1)
+                bar.update(road, description=f"[{k}/{n}] {name}", completed=k - 1)
+                if status == "resuming":
+                    console.print(f"[{k}/{n}] {name}: resuming the run that was stopped")
                 return
             bars.clear()
             bar.update(road, completed=k)
@@ -97,7 +98,5 @@ def _results_section(markdown: str) -> str:
     start = next((i for i, line in enumerate(lines) if line.strip() == "## Results"), None)
     if start is None:
         return markdown
-    end = next(
-        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-    )
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     return "\n".join(lines[start:end]).strip()
