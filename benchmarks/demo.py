@@ -35,7 +35,8 @@ def main() -> None:
     args.work.mkdir(parents=True)
     out = args.work / "demo"
     env = {**os.environ, "XDG_CACHE_HOME": str(args.work / "cache")}
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "bielik_quant", "demo", "--out", str(out)]
+    demo = [sys.executable, "-m", "bielik_quant", "demo", "--out", str(out)]
+    command = ["/usr/bin/time", "-v", *demo]
     started = time.monotonic()
     run = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.monotonic() - started
@@ -47,8 +48,11 @@ def main() -> None:
         "command": "python3 benchmarks/demo.py --work " + str(args.work),
         "measures": "bielik-quant demo from nothing: wall seconds per stage (from stage.json), "
         "in total, and the peak RSS of its largest process (/usr/bin/time -v)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "wall_s": round(wall, 1),
         "stages_s": {s: round(v, 1) for s, v in seconds.items()},
         "peak_rss_mib": round(peak_kib / 1024),
