@@ -47,10 +47,11 @@ def test_sections_are_nested_dataclasses_and_overrides_reach_into_them(tmp_path:
         ("sft={recipe: tiny-sft, overrides: {out: x}}", "may not set 'out'"),
         ("data={steps: [quality, clean]}", "data.steps must keep the order"),
         ("name=a/b", "name must be letters"),
+        ("report={formats: [md]}", "keep csv in report.formats"),
     ],
 )  # fmt: skip
 def test_a_wrong_value_is_refused_naming_it(tmp_path: Path, override: str, message: str) -> None:
-    recipe = write(tmp_path, MINIMAL.format(model="m"))
+    recipe = write(tmp_path, MINIMAL.format(model="m") + "eval: {}\nrelease: {}\n")
     with pytest.raises(ConfigError) as error:
         load_release(recipe, [override])
     assert message in str(error.value)
@@ -86,3 +87,14 @@ def test_every_verb_explains_itself() -> None:
         result = invoke(*verb, "--help")
         assert result.returncode == 0, (verb, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_an_override_inside_a_mapping_keeps_its_other_keys(tmp_path: Path) -> None:
+    recipe = write(
+        tmp_path,
+        MINIMAL.format(model="''") + "pretrain: {recipe: tiny-pretrain, tokenizer_vocab: 4096, "
+        "overrides: {max_steps: 300, save_every: 50}}\ndata: {}\n",
+    )
+    config = load_release(recipe, ["pretrain.overrides.max_steps=1000"])
+    assert config.pretrain is not None
+    assert config.pretrain.overrides == {"max_steps": 1000, "save_every": 50}

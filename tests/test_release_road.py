@@ -132,7 +132,8 @@ def test_a_changed_export_setting_reruns_export_and_what_follows(
     baseline: tuple[Path, str, str], recipe: Path, tmp_path: Path
 ) -> None:
     out = copy_of(baseline[0], tmp_path)
-    result = road(recipe, out, "export.n_ctx=64")  # another importance matrix
+    # Another importance matrix; and the report without its Markdown.
+    result = road(recipe, out, "export.n_ctx=64", "report.formats=[csv, html]")
     assert result.returncode == 0, result.stderr
     said = stage_lines(result.stderr)
     assert [s for s in STAGES if said[s].startswith("skipped")] == ["data", "pretrain", "sft"]
@@ -140,6 +141,8 @@ def test_a_changed_export_setting_reruns_export_and_what_follows(
     before, after = measurements(baseline[0]), measurements(out)
     assert after["road-test-GGUF-Q2_K"] != before["road-test-GGUF-Q2_K"]  # the imatrix changed
     assert after["road-test-HQQ-4bit-g64"] == before["road-test-HQQ-4bit-g64"]  # no calibration
+    for report in (out / "report" / "table8", out / "release" / "road-test" / "report"):
+        assert (report / "report.html").is_file() and not (report / "report.md").exists()
 
 
 def started(out: Path, stage: str) -> bool:

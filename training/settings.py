@@ -88,10 +88,11 @@ def typed(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> d
 
 
 def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`changes` laid over `base`; nested mappings merge key by key, anything else replaces."""
+    """`changes` laid over `base`; mappings (sections, and mapping fields such as a training
+    stage's `overrides`) merge key by key, anything else replaces."""
     merged = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and _is_section(value):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
@@ -110,14 +111,6 @@ def load(cls: type[T], recipe: Path, overrides: list[str] | tuple[str, ...] = ()
     values = typed(cls, read_yaml(recipe), source=str(recipe))
     values = merge(values, typed(cls, parse_overrides(overrides), source="the command line"))
     return construct(cls, values)
-
-
-class _Section(dict):
-    """A typed nested dataclass section (a dict, marked so `merge` merges it key by key)."""
-
-
-def _is_section(value: Any) -> bool:
-    return isinstance(value, _Section)
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -165,7 +158,7 @@ def coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise wrong
-        return _Section(typed(hint, value, source, prefix=f"{key}."))
+        return typed(hint, value, source, prefix=f"{key}.")
     if hint is bool:
         if not isinstance(value, bool):
             raise wrong

@@ -196,6 +196,9 @@ class ReleaseConfig:
         for later, needs in (("report", "eval"), ("release", "report")):
             if getattr(self, later) is not None and getattr(self, needs) is None:
                 _refuse(f"the {later} stage needs an {needs} stage")
+        if self.release and self.report and "csv" not in self.report.formats:
+            _refuse("the release checks its report against the results by report.csv: keep "
+                    "csv in report.formats")  # fmt: skip
 
     def stages(self) -> list[str]:
         """The stages this recipe runs, in road order."""

@@ -35,7 +35,6 @@ from eval_quant.report import (
     Results,
     imatrix_comparisons,
     load_results,
-    report_files,
 )
 from quantize.artifact import MANIFEST, MODEL_CARD, Artifact, now, staged, write_json
 from quantize.model_card import (
@@ -105,9 +104,10 @@ def assemble_release(
     paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(p) for p in results]
     measured = load_results(paths)
     report_dir = Path(report_dir)
-    missing = [f for f in report_files() if not (report_dir / f).is_file()]
-    if missing:
-        raise ReleaseFolderError(f"{report_dir} is not a report folder (no {', '.join(missing)})")
+    # report.csv is how the report is checked against the results (below); a report written
+    # without its Markdown or HTML (`report.formats`) ships without them.
+    if not (report_dir / "report.csv").is_file():
+        raise ReleaseFolderError(f"{report_dir} is not a report folder (no report.csv)")
     # `out` is replaced whole, so it may only be empty or an earlier release.
     if out.exists() and not (out.is_dir() and (_empty(out) or (out / RELEASE_JSON).is_file())):
         raise ReleaseFolderError(f"{out} exists and is not a release folder; choose a new --out")
