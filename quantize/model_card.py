@@ -73,8 +73,8 @@ def render_model_card(
             quality_section(quality)
             if quality
             else [
-                "Quality against the FP16 model (PPL, KLD, Δp) appears here once "
-                "`bielik-quant eval` has run on this artifact.",
+                "Quality against the FP16 model (PPL, KLD, Δp) appears in this card when "
+                "`bielik-quant release` has measured it (`bielik-quant eval` measures it alone).",
             ]
         ),
         "",

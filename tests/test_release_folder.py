@@ -163,7 +163,7 @@ def test_every_card_carries_its_measured_row(
     rows = rows_of(inputs["results"])
     for artifact in record["artifacts"]:
         card = (out / artifact["path"] / MODEL_CARD).read_text("utf-8")
-        assert "appears here once" not in card
+        assert "appears in this card when" not in card
         assert "## Quality against the FP16 model" in card
         (line,) = table(card, "PPL")
         s = rows[artifact["results_row"]["sha256"]]["statistics"]
@@ -178,7 +178,7 @@ def test_every_card_carries_its_measured_row(
         assert manifest["variant"] in card and "license: apache-2.0" in card
     # The exported artifacts keep their own cards, untouched.
     for path in inputs["artifacts"]:
-        assert "appears here once" in (path / MODEL_CARD).read_text("utf-8")
+        assert "appears in this card when" in (path / MODEL_CARD).read_text("utf-8")
 
 
 def test_without_imatrix_gets_its_own_name_and_still_loads(

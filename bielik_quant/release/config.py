@@ -163,7 +163,9 @@ class PublishStage:
 
 @dataclass(frozen=True)
 class ReleaseConfig:
-    name: str = ""  # the model's name: artifacts are <name>-<FORMAT>-<variant>
+    # The release's name, and the name of the model the road trains (its artifacts are
+    # <name>-<FORMAT>-<variant>); a given `model` without training keeps its folder's name.
+    name: str = ""
     # An HF checkpoint directory: the starting point of pretrain (continued pretraining), else of
     # sft, else the model that is exported. "" when pretrain builds a model from scratch.
     model: str = ""
