@@ -174,16 +174,7 @@ def build_config(recipe: str | Path, changes: dict[str, Any]) -> TrainConfig:
 
 
 def recipe_path(recipe: str | Path) -> Path:
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
-        return path
-    named = RECIPES_DIR / f"{recipe}.yaml"
-    if not named.is_file():
-        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown recipe {str(recipe)!r}; built-in recipes: {known}")
-    return named
+    return settings.find_recipe(recipe, RECIPES_DIR, "recipe")
 
 
 def typed(values: dict[str, Any], source: str) -> dict[str, Any]:

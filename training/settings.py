@@ -42,6 +42,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
+def find_recipe(recipe: str | Path, built_in: Path, kind: str) -> Path:
+    """A YAML path as given, or the name of a built-in recipe in the folder `built_in`."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path
+    named = built_in / f"{recipe}.yaml"
+    if not named.is_file():
+        known = ", ".join(sorted(p.stem for p in built_in.glob("*.yaml"))) or "none"
+        raise ConfigError(f"unknown {kind} {str(recipe)!r}; built-in recipes: {known}")
+    return named
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """`["lr=1e-4", "export.n_ctx=256"]` → {"lr": 1e-4, "export": {"n_ctx": 256}} (YAML values)."""
     import yaml

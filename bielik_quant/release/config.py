@@ -217,16 +217,7 @@ def _refuse(message: str) -> None:
 
 def recipe_path(recipe: str | Path) -> Path:
     """A release recipe: a YAML path, or the name of one in the checkout's `recipes/`."""
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
-        return path
-    named = RECIPES_DIR / f"{recipe}.yaml"
-    if not named.is_file():
-        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))) or "none"
-        raise ConfigError(f"unknown release recipe {str(recipe)!r}; built-in: {known}")
-    return named
+    return settings.find_recipe(recipe, RECIPES_DIR, "release recipe")
 
 
 def load_release(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ReleaseConfig:
