@@ -147,13 +147,15 @@ def test_index_numbers_are_the_results_numbers(
     assert f"{header['tokens']['scored']:,} scored tokens" in index
     assert "Q2_K: the imatrix" in index  # the honesty paragraph for the pair
     # The pair differs in size by the imatrix's metadata only: the one with the higher KLD is
-    # the one to skip, whichever it is on this model.
+    # the one to skip, whichever it is on this model, if the difference exceeds the noise.
     pair = sorted(
         (line for line in lines if line["Quant"] == "GGUF Q2_K"),
         key=lambda line: float(line["KLD"].split(" ± ")[0]),
     )
+    (low, u_low), (high, u_high) = (map(float, p["KLD"].split(" ± ")) for p in pair)
     assert not pair[0]["When to use it"].startswith("skip")
-    assert pair[1]["When to use it"].startswith("skip: Q2_K (")
+    beyond = high - low > math.hypot(u_low, u_high)
+    assert pair[1]["When to use it"].startswith("skip: Q2_K (") == beyond
 
 
 def test_every_card_carries_its_measured_row(
@@ -343,8 +345,14 @@ def test_same_size_within_noise_is_said() -> None:
         row("B", 30, 0.0105, kld_uncertainty=0.001),
     ]
     lines = when_to_use(rows, 100 * MIB)
-    assert lines[1] == (
-        "skip: A is as large and closer to FP16 (KLD 0.0100 vs 0.0105, a difference within "
+    assert not any(line.startswith("skip") for line in lines)  # not told apart by the noise
+    assert lines[0].startswith("the closest to FP16")
+    assert lines[1].endswith("; as close as A within the uncertainty")
+    measurably = [row("A", 30, 0.0100, kld_uncertainty=0.0001), row("B", 30, 0.0105)]
+    assert when_to_use(measurably, 100 * MIB)[1].startswith("skip: A is as large and closer")
+    smaller = [row("A", 20, 0.0104, kld_uncertainty=0.001), row("B", 30, 0.0105)]
+    assert when_to_use(smaller, 100 * MIB)[1] == (
+        "skip: A is smaller and closer to FP16 (KLD 0.0104 vs 0.0105, a difference within "
         "the uncertainty)"
     )
 
@@ -384,8 +392,11 @@ def test_skip_marks_exactly_the_dominated_rows() -> None:
                 and o.format == r.format
                 and o.size_bytes <= 1.01 * r.size_bytes  # sizes within 1 % count as the same
                 and o.kld < r.kld
+                # smaller, or as large and closer beyond the two rows' combined uncertainty
+                and (o.size_bytes < r.size_bytes / 1.01
+                     or r.kld - o.kld > math.hypot(o.kld_uncertainty, r.kld_uncertainty))
                 for o in rows
-            )
+            )  # fmt: skip
             assert line.startswith("skip") == dominated
 
 

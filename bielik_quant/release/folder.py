@@ -352,11 +352,12 @@ def when_to_use(
     """One line per row saying when to pick it, derived from the measurements alone.
 
     Within a format (a user picks the runtime first, then the file):
-    - A row is *dominated* when another is no larger (sizes within SAME_SIZE count as equal) and
-      has a lower KLD: "skip: B is smaller (or: as large) and closer to FP16", naming the smallest
-      such B (ties: the lower KLD), and saying when the KLD difference is within the two rows'
-      combined uncertainty.
-    - The others form the size/KLD front. Sorted by size, the largest is "the closest to FP16",
+    - A row is *dominated* when another is smaller and has a lower KLD, or is as large (sizes
+      within SAME_SIZE count as equal) and has a KLD lower by more than the two rows' combined
+      uncertainty: "skip: B is smaller (or: as large) and closer to FP16", naming the smallest
+      such B (ties: the lower KLD). Two files of one size whose KLDs differ within the noise are
+      not told apart by a skip; the one measured further says it is as close within it.
+    - The others form the size/KLD front: the one with the lowest KLD is "the closest to FP16",
       the smallest "the smallest that keeps FP16's top token X% of the time", each with its
       same-top-p, KLD and size as a share of the reference's; a format with one file on the front
       says it is the only one.
@@ -366,10 +367,10 @@ def when_to_use(
     lines = []
     for row in rows:
         peers = [r for r in rows if r.format == row.format and r is not row]
-        better = [r for r in peers if _no_larger(r, row) and r.kld < row.kld]
+        better = [r for r in peers if _dominates(r, row)]
         if better:
             best = min(better, key=lambda r: (r.size_bytes, r.kld))
-            size = "smaller" if best.size_bytes < row.size_bytes / (1 + SAME_SIZE) else "as large"
+            size = "smaller" if _smaller(best, row) else "as large"
             noise = math.hypot(best.kld_uncertainty, row.kld_uncertainty)
             within = ", a difference within the uncertainty" if row.kld - best.kld <= noise else ""
             line = (
@@ -377,10 +378,9 @@ def when_to_use(
                 f"(KLD {significant(best.kld, 3)} vs {significant(row.kld, 3)}{within})"
             )
         else:
-            front = sorted(
-                (r for r in [row, *peers] if not _dominated(r, rows)),
-                key=lambda r: (r.size_bytes, r.kld),
-            )
+            front = [r for r in [row, *peers] if not _dominated(r, rows)]
+            closest = min(front, key=lambda r: (r.kld, r.size_bytes))
+            smallest = min(front, key=lambda r: (r.size_bytes, r.kld))
             facts = (
                 f"keeps {reference}'s top token {_percent(row.same_top)} of the time "
                 f"(KLD {significant(row.kld, 3)}) at {_share(row.size_bytes, reference_size)} "
@@ -388,12 +388,15 @@ def when_to_use(
             )
             if len(front) == 1:
                 line = f"the only {row.format.upper()} file worth having here: {facts}"
-            elif row is front[-1]:
+            elif row is closest:
                 line = f"the closest to {reference}: {facts}"
-            elif row is front[0]:
+            elif row is smallest:
                 line = f"the smallest that {facts}"
             else:
                 line = facts
+            level = [r for r in peers if _no_larger(r, row) and r.kld < row.kld]
+            if level and not any(r.imatrix is not None for r in (row, *level)):
+                line += f"; as close as {level[0].label} within the uncertainty"
         lines.append(line + _imatrix_note(row, rows))
     return lines
 
@@ -402,11 +405,19 @@ def _no_larger(a: Measured, b: Measured) -> bool:
     return a.size_bytes <= b.size_bytes * (1 + SAME_SIZE)
 
 
+def _smaller(a: Measured, b: Measured) -> bool:
+    return a.size_bytes < b.size_bytes / (1 + SAME_SIZE)
+
+
+def _dominates(a: Measured, b: Measured) -> bool:
+    """`a` is the better pick than `b`: smaller and closer, or as large and measurably closer."""
+    if a.format != b.format or not _no_larger(a, b) or not a.kld < b.kld:
+        return False
+    return _smaller(a, b) or b.kld - a.kld > math.hypot(a.kld_uncertainty, b.kld_uncertainty)
+
+
 def _dominated(row: Measured, rows: Sequence[Measured]) -> bool:
-    return any(
-        r is not row and r.format == row.format and _no_larger(r, row) and r.kld < row.kld
-        for r in rows
-    )
+    return any(r is not row and _dominates(r, row) for r in rows)
 
 
 def _imatrix_note(row: Measured, rows: Sequence[Measured]) -> str:
@@ -488,7 +499,7 @@ def render_index(
     body = [
         f"# {name}",
         "",
-        f"{name}: {', '.join(bases)} quantized by bielik-quant into {len(entries)} files in "
+        f"{', '.join(bases)} quantized by bielik-quant into {len(entries)} files in "
         f"{len(formats)} format{'s' if len(formats) > 1 else ''} "
         f"({', '.join(f.upper() for f in formats)}), one folder per format. Every number below "
         f"was measured by `bielik-quant eval` against {ref.name} ({ref.format} {ref.variant}, "
