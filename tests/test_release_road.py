@@ -211,3 +211,24 @@ def test_from_names_a_stage_of_the_recipe(recipe: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "--from exprot: the recipe's stages are data, pretrain" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_stage_on_several_processes_runs_under_torchrun(
+    one_step_model: Path, tmp_path: Path
+) -> None:
+    """nproc_per_node > 1: the stage runs `torchrun … -m training` (DDP with gloo on a CPU)."""
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(
+        f"name: ddp-road\nmodel: {one_step_model}\n"
+        "pretrain: {recipe: tiny-pretrain, nproc_per_node: 2, overrides: {max_steps: 2, "
+        "save_every: 1, warmup_steps: 1, parallel: ddp}}\n"
+        "export: {n_ctx: 64, formats: [{format: gguf, variants: [Q8_0]}]}\n",
+        "utf-8",
+    )
+    result = road(recipe, tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "run" / "pretrain" / "run" / "log.jsonl").read_text("utf-8").splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2]
+    assert (
+        tmp_path / "run" / "export" / "gguf" / "ddp-road-GGUF-Q8_0" / "bielik-quant.json"
+    ).is_file()
