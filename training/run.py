@@ -39,7 +39,10 @@ def run(
             config, resume=resume, stop_after=stop_after, on_step=partial(print_step, err)
         )
     except USER_ERRORS as error:
-        print(f"error: {error}", file=err, flush=True)
+        # One write: under torchrun every process shares stderr, and print() writes the text and
+        # its newline apart, so two processes' lines could run together.
+        err.write(f"error: {error}\n")
+        err.flush()
         return 1
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(final or f"stopped; continue with --resume ({config.out}/checkpoints)", file=out)
