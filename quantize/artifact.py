@@ -97,6 +97,16 @@ def staged(final: Path, overwrite: bool) -> Iterator[Path]:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def link_or_copy(source: Path, destination: Path) -> None:
+    """`destination` as a hard link to `source`: no space and no time for gigabytes of weights;
+    across filesystems (or where links are not allowed) a copy. Sharing the inode is safe because
+    artifacts and checkpoints are replaced whole, never edited in place."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 

@@ -162,22 +162,23 @@ def sha256_files(files: Iterable[Path]) -> str:
     Each file's own hash is remembered (see `_HashCache`), so hashing a 7B model a second time
     reads none of its bytes.
     """
-    cache = _HashCache.load()
-    lines = "".join(f"{file.name}  {cache.sha256(file)}\n" for file in files)
-    cache.save()
-    return hashlib.sha256(lines.encode()).hexdigest()
+    return _listing_sha256((file.name, file) for file in files)
 
 
 def sha256_tree(root: Path, skip: Callable[[Path], bool] | None = None) -> str:
     """One hash over every file under `root`: a `relative/path  sha256(content)` line per file,
     sorted by path; `skip(relative_path)` leaves files out. Remembered like `sha256_files`."""
-    cache = _HashCache.load()
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    lines = ""
-    for file in files:
-        relative = file.relative_to(root)
-        if skip is None or not skip(relative):
-            lines += f"{relative.as_posix()}  {cache.sha256(file)}\n"
+    relative = ((file.relative_to(root), file) for file in files)
+    return _listing_sha256(
+        (name.as_posix(), file) for name, file in relative if skip is None or not skip(name)
+    )
+
+
+def _listing_sha256(named: Iterable[tuple[str, Path]]) -> str:
+    """The hash of one `name  sha256(content)` line per (name, file), in the order given."""
+    cache = _HashCache.load()
+    lines = "".join(f"{name}  {cache.sha256(file)}\n" for name, file in named)
     cache.save()
     return hashlib.sha256(lines.encode()).hexdigest()
 

@@ -7,11 +7,14 @@ n, and the stage's own bars), keeps the libraries' output off the terminal, and 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bielik_quant.console import Bars, console, output, progress
+
+if TYPE_CHECKING:
+    from bielik_quant.release.config import ReleaseConfig
 
 FromOption = Annotated[
     str | None,
@@ -63,13 +66,13 @@ def demo_command(
     run_road(load_release("demo"), out, from_stage)
 
 
-def run_road(config: object, out: Path, from_stage: str | None) -> None:
+def run_road(config: ReleaseConfig, out: Path, from_stage: str | None) -> None:
     from bielik_quant.release.road import release
     from quantize.quiet import library_output
 
     with progress() as bar, library_output():
         bars = Bars(bar)
-        road = bar.add_task("release", total=len(config.stages()))  # type: ignore[attr-defined]
+        road = bar.add_task("release", total=len(config.stages()))
 
         def on_stage(k: int, n: int, name: str, status: str) -> None:
             if status in ("running", "resuming"):
@@ -82,14 +85,14 @@ def run_road(config: object, out: Path, from_stage: str | None) -> None:
             said = "done" if status == "done" else "skipped: its inputs and settings are unchanged"
             console.print(f"[{k}/{n}] {name}: {said}", highlight=False)
 
-        outcome = release(config, out, bars, on_stage, from_stage)  # type: ignore[arg-type]
-    report = outcome.products.get("report")
+        products = release(config, out, bars, on_stage, from_stage)
+    report = products.get("report")
     table = report / "report.md" if report else None
     if table is not None and table.is_file():
         output.print(_results_section(table.read_text("utf-8")), highlight=False, markup=False)
     for name in ("report", "release"):
-        if name in outcome.products:
-            output.print(f"{name}: {outcome.products[name]}", highlight=False)
+        if name in products:
+            output.print(f"{name}: {products[name]}", highlight=False)
 
 
 def _results_section(markdown: str) -> str:

@@ -36,7 +36,15 @@ from eval_quant.report import (
     imatrix_comparisons,
     load_results,
 )
-from quantize.artifact import MANIFEST, MODEL_CARD, Artifact, now, staged, write_json
+from quantize.artifact import (
+    MANIFEST,
+    MODEL_CARD,
+    Artifact,
+    link_or_copy,
+    now,
+    staged,
+    write_json,
+)
 from quantize.model_card import (
     plus_minus,
     render_model_card,
@@ -263,7 +271,7 @@ def _write_artifact(entry: Entry, target: Path, measured: Results, license_id: s
             continue
         destination = target / entry.renamed.get(str(relative), str(relative))
         destination.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(file, destination)
+        link_or_copy(file, destination)
     write_json(target / MANIFEST, entry.manifest)
     old_card = entry.source / MODEL_CARD
     usage = usage_of(old_card.read_text("utf-8")) if old_card.is_file() else None
@@ -276,16 +284,6 @@ def _write_artifact(entry: Entry, target: Path, measured: Results, license_id: s
         entry.manifest, usage, license_id, quality_row(entry.candidate, measured)
     )
     (target / MODEL_CARD).write_text(card, encoding="utf-8")
-
-
-def _link_or_copy(source: Path, destination: Path) -> None:
-    """A hard link costs no space and no time for gigabytes of weights; across filesystems (or
-    where links are not allowed) a copy. The original is never moved or changed; sharing its
-    inode is safe because exporters replace an artifact directory whole, never a file in place."""
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
 
 
 def _file_list(root: Path) -> list[dict[str, Any]]:

@@ -33,56 +33,41 @@ from training.settings import ConfigError
 OnStage = Callable[[int, int, str, str], None]
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What a run of the road did and where its products are."""
-
-    products: dict[str, Path]  # stage → its product
-    statuses: dict[str, str]  # stage → "skipped" or "done"
-    seconds: dict[str, float]  # stage → wall time of this run (0 when skipped)
-    artifacts: list[Path]
-
-
 def release(
     config: ReleaseConfig,
     out: Path,
     progress: Progress | None = None,
     on_stage: OnStage | None = None,
     from_stage: str | None = None,
-) -> Outcome:
+) -> dict[str, Path]:
     """Run the recipe's stages into `out`; a stage whose inputs and settings have not changed
-    since it last finished is skipped. `from_stage` re-runs that stage and every later one."""
+    since it last finished is skipped. `from_stage` re-runs that stage and every later one.
+    Returns each stage's product (what the next stage read)."""
     names = config.stages()
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from {from_stage}: the recipe's stages are {', '.join(names)}")
     check_environment(config)  # before any work
     road = _Road(config, out.resolve(), progress)
-    outcome = Outcome({}, {}, {}, [])
     for k, name in enumerate(names, 1):
         forced = from_stage is not None and names.index(name) >= names.index(from_stage)
         material = road.key_material(name)
         key = digest(material)
         directory = StageDir(road.out / name)
         product = road.product(name)
+        finished = None if forced else directory.finished(key, product)
+        if finished is not None:
+            road.hashes[name] = finished
+            _tell(on_stage, k, len(names), name, "skipped")
+            continue
         started = time.perf_counter()
-        if not forced and directory.done(key, product):
-            status = "skipped"
-            road.hashes[name] = directory.stamp()["output_sha256"]  # type: ignore[index]
-            _tell(on_stage, k, len(names), name, status)
-        else:
-            resume = directory.begin(key, fresh=forced)
-            _tell(on_stage, k, len(names), name, "resuming" if resume else "running")
-            road.run(name, directory.path)
-            status = "done"
-            road.hashes[name] = directory.finish(
-                key, product, {"stage": name, **material, "seconds": time.perf_counter() - started}
-            )
-            _tell(on_stage, k, len(names), name, status)
-        outcome.statuses[name] = status
-        outcome.seconds[name] = 0.0 if status == "skipped" else time.perf_counter() - started
-        outcome.products[name] = product
-    outcome.artifacts = road.artifacts()
-    return outcome
+        resume = directory.begin(key, fresh=forced)
+        _tell(on_stage, k, len(names), name, "resuming" if resume else "running")
+        road.run(name, directory.path)
+        road.hashes[name] = directory.finish(
+            key, product, {"stage": name, **material, "seconds": time.perf_counter() - started}
+        )
+        _tell(on_stage, k, len(names), name, "done")
+    return {name: road.product(name) for name in names}
 
 
 def _tell(on_stage: OnStage | None, k: int, n: int, name: str, status: str) -> None:

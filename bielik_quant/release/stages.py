@@ -10,8 +10,8 @@ when complete), training from its last checkpoint, export from the variants not 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,22 +21,22 @@ from typing import Any
 
 from bielik_quant.release.config import DataStage, EvalStage, ExportStage, PublishStage, TrainStage
 from calibration_data import BUILTIN
-from quantize.artifact import MANIFEST, artifact_name, atomic_write_text, staged, write_json
+from quantize.artifact import (
+    MANIFEST,
+    artifact_name,
+    atomic_write_text,
+    link_or_copy,
+    staged,
+    write_json,
+)
 from quantize.registry import Progress, stage
 
 
 def run_data(cfg: DataStage, directory: Path, progress: Progress | None) -> Path:
     """The sources through clean, anonymize and the quality filter; returns the last folder."""
-    from training.data.pipeline import (
-        anonymise_step,
-        clean_step,
-        filter_step,
-        read_documents,
-        run_step,
-    )
+    from training.data.pipeline import anonymise_step, clean_step, filter_step, run_step
 
     current = _gather_sources(cfg, directory / "input")
-    total = sum(1 for _ in read_documents(current, cfg.text_field))
     for name in cfg.steps:
         target = directory / name
         if target.is_dir():  # finished before the run was killed
@@ -51,21 +51,33 @@ def run_data(cfg: DataStage, directory: Path, progress: Progress | None) -> Path
             if not cfg.quality_model and not model.is_dir():
                 _train_quality_model(model, cfg.morphology)
             step = partial(filter_step, model_dir=str(model), threshold=cfg.threshold)
-        report = stage(progress, f"data: {name}")
-        done = [0]
-
-        def on_shard(result: Any, report: Any = report, done: list[int] = done,
-                     total: int = total) -> None:  # fmt: skip
-            done[0] += result.documents_in
-            if report:
-                report(done[0], max(total, done[0]))
-
-        summary = run_step(
+        on_shard = _shard_bar(stage(progress, f"data: {name}"), current, cfg.text_field)
+        run_step(
             step, current, target, cfg.text_field, cfg.shard_size, cfg.num_proc, on_shard=on_shard
         )
-        total = summary["documents_out"]
         current = target
     return current
+
+
+def _shard_bar(report: Any, source: Path, text_field: str) -> Any:
+    """A `run_step` callback that advances `report` by each shard's documents."""
+    if report is None:
+        return None
+    from training.data.pipeline import SUMMARY, read_documents
+
+    summary = source / SUMMARY  # a finished step's output says how many documents it kept
+    if summary.is_file():
+        total = json.loads(summary.read_text("utf-8"))["documents_out"]
+    else:
+        total = sum(1 for _ in read_documents(source, text_field))
+    done = 0
+
+    def on_shard(result: Any) -> None:
+        nonlocal done
+        done += result.documents_in
+        report(done, max(total, done))
+
+    return on_shard
 
 
 def _gather_sources(cfg: DataStage, folder: Path) -> Path:
@@ -77,8 +89,6 @@ def _gather_sources(cfg: DataStage, folder: Path) -> Path:
     with staged_output(folder, overwrite=False) as staging:
         for index, source in enumerate(cfg.sources):
             if source == BUILTIN:
-                import json
-
                 from calibration_data import load
 
                 corpus = load(BUILTIN, split=cfg.split)
@@ -171,10 +181,7 @@ def link_tree(source: Path, target: Path) -> None:
             if file.is_file():
                 destination = staging / file.relative_to(source)
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(file, destination)
-                except OSError:
-                    shutil.copy2(file, destination)
+                link_or_copy(file, destination)
 
 
 def export_artifacts(cfg: ExportStage, directory: Path, model: Path) -> list[Path]:

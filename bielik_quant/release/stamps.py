@@ -45,18 +45,14 @@ def output_sha256(path: Path) -> str:
 class StageDir:
     path: Path
 
-    def stamp(self) -> dict[str, Any] | None:
-        return _read(self.path / STAMP)
-
-    def done(self, key: str, output: Path) -> bool:
-        """Finished with this key, and its output is what the stamp says it produced."""
-        stamp = self.stamp()
-        return (
-            stamp is not None
-            and stamp.get("key") == key
-            and output.exists()
-            and stamp.get("output_sha256") == output_sha256(output)
-        )
+    def finished(self, key: str, output: Path) -> str | None:
+        """The output's hash if the stage finished with this key and its output is still what
+        the stamp says it produced; None when it must run."""
+        stamp = _read(self.path / STAMP)
+        if stamp is None or stamp.get("key") != key or not output.exists():
+            return None
+        sha = output_sha256(output)
+        return sha if stamp.get("output_sha256") == sha else None
 
     def begin(self, key: str, fresh: bool) -> bool:
         """Prepare to run; returns whether the stage resumes work killed part-way."""
